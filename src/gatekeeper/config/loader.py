@@ -1,0 +1,164 @@
+"""Strict YAML loader: file → validated, frozen :class:`Config`.
+
+Every problem is reported as ``FILE: PATH: message (got VALUE)``, where PATH is the dotted
+location an operator can search for, such as ``routes[1].cost``. Duplicate mapping keys are
+errors too, because YAML would otherwise keep the last one silently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from gatekeeper.config.model import Config
+from gatekeeper.errors import ConfigError
+
+
+class DuplicateKey(yaml.YAMLError):
+    """A mapping names the same key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a mapping key written twice."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        if key in mapping:
+            line = key_node.start_mark.line + 1
+            raise DuplicateKey(f"line {line}: duplicate key {key!r}")
+        mapping[key] = loader.construct_object(value_node)  # type: ignore[no-untyped-call]
+    return mapping
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,  # type: ignore[arg-type]
+)
+
+
+def format_location(location: tuple[int | str, ...]) -> str:
+    """Render a pydantic error location as ``routes[1].match.path``."""
+    text = ""
+    for part in location:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "(top level)"
+
+
+def _resolve(document: Any, location: tuple[int | str, ...]) -> tuple[tuple[int | str, ...], Any]:
+    """Follow ``location`` into the YAML document and return the path as written and the value.
+
+    A key that accepts one item or a list (``auth.jwt``, ``upstreams.NAME.url``) was written
+    as one item when pydantic reports index 0 of a non-list, so that index is dropped.
+    """
+    node = document
+    written: list[int | str] = []
+    for part in location:
+        if isinstance(part, int) and not isinstance(node, list) and part == 0:
+            continue
+        written.append(part)
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return tuple(written), _MISSING
+    return tuple(written), node
+
+
+_MISSING = object()
+
+
+def _describe(error: Any, document: Any) -> str:
+    location, value = _resolve(document, tuple(error["loc"]))
+    message = error["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif error["type"] == "missing":
+        return f"{format_location(location)}: required key is missing"
+    if value is _MISSING:
+        return f"{format_location(location)}: {message}"
+    return f"{format_location(location)}: {message} (got {value!r})"
+
+
+def _cross_check(config: Config) -> list[str]:
+    """Check rules that span several keys: unique route names, known upstreams."""
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    for index, route in enumerate(config.routes):
+        if route.name in seen:
+            problems.append(
+                f"routes[{index}].name: duplicate route name, first used by "
+                f"routes[{seen[route.name]}] (got {route.name!r})"
+            )
+        else:
+            seen[route.name] = index
+        if route.upstream not in config.upstreams:
+            known = ", ".join(sorted(config.upstreams)) or "none defined"
+            problems.append(
+                f"routes[{index}].upstream: unknown upstream, known: {known} "
+                f"(got {route.upstream!r})"
+            )
+    return problems
+
+
+def parse_config(text: str, file: str = "<config>") -> Config:
+    """Parse and validate config text.
+
+    Args:
+        text: YAML source.
+        file: name used at the start of every error message.
+
+    Returns:
+        The frozen configuration.
+
+    Raises:
+        ConfigError: listing every problem found, each with its path and value.
+    """
+    try:
+        document = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKey as exc:
+        raise ConfigError(file, [str(exc)]) from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        line = f"line {where.line + 1}: " if where is not None else ""
+        raise ConfigError(file, [f"{line}invalid YAML: {problem}"]) from None
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        kind = type(document).__name__
+        raise ConfigError(file, [f"(top level): expected a mapping of keys, got a {kind}"])
+
+    try:
+        config = Config.model_validate(document)
+    except ValidationError as exc:
+        problems = [_describe(error, document) for error in exc.errors()]
+        raise ConfigError(file, problems) from None
+
+    problems = _cross_check(config)
+    if problems:
+        raise ConfigError(file, problems)
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the config file at ``path``.
+
+    Raises:
+        ConfigError: when the file cannot be read or is invalid.
+    """
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(name, [f"cannot read the file: {exc.strerror}"]) from exc
+    return parse_config(text, name)

@@ -1,0 +1,166 @@
+"""Errors that end a request, each mapped to one HTTP status and problem+json type.
+
+Handlers raise these; one middleware turns them into RFC 9457 responses, so no handler
+builds an error body by hand and no stack trace ever reaches a client.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+PROBLEM_BASE = "https://gatekeeper.dev/problems/"
+
+
+class GatekeeperError(Exception):
+    """Base of every error that becomes an HTTP response."""
+
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = extra
+
+    @property
+    def type(self) -> str:
+        return PROBLEM_BASE + self.slug
+
+    def problem(self) -> dict[str, Any]:
+        """Return the problem+json body of this error."""
+        body: dict[str, Any] = {
+            "type": self.type,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        body.update(self.extra)
+        return body
+
+
+class BadRequest(GatekeeperError):
+    status = 400
+    slug = "bad-request"
+    title = "Bad request"
+
+
+class Unauthorized(GatekeeperError):
+    """A missing or invalid bearer token; carries the WWW-Authenticate challenge."""
+
+    status = 401
+    slug = "unauthorized"
+    title = "Unauthorized"
+
+    def __init__(self, detail: str, *, challenge: str, **extra: Any) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": challenge}, **extra)
+
+
+class MissingToken(Unauthorized):
+    slug = "missing-token"
+    title = "Missing bearer token"
+
+    def __init__(self, detail: str = "This route requires a bearer token.") -> None:
+        super().__init__(detail, challenge='Bearer realm="gatekeeper"')
+
+
+class InvalidToken(Unauthorized):
+    slug = "invalid-token"
+    title = "Invalid bearer token"
+
+    def __init__(self, detail: str) -> None:
+        # The description is a fixed phrase per failure kind, never token content.
+        description = detail.replace('"', "'")
+        super().__init__(
+            detail,
+            challenge=f'Bearer realm="gatekeeper", error="invalid_token", '
+            f'error_description="{description}"',
+        )
+
+
+class Forbidden(GatekeeperError):
+    status = 403
+    slug = "insufficient-scope"
+    title = "Insufficient scope"
+
+
+class PaymentRequired(GatekeeperError):
+    """The pool cannot pay for the request; nothing was charged."""
+
+    status = 402
+    slug = "insufficient-tickets"
+    title = "Insufficient tickets"
+
+    def __init__(self, *, pool: str, cost: int, balance: int, detail: str | None = None) -> None:
+        super().__init__(
+            detail or f"Pool {pool!r} has {balance} tickets; this request costs {cost}.",
+            headers={"Ticket-Cost": str(cost), "Ticket-Balance": str(balance)},
+            pool=pool,
+            cost=cost,
+            balance=balance,
+        )
+
+
+class NotFound(GatekeeperError):
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class Conflict(GatekeeperError):
+    status = 409
+    slug = "conflict"
+    title = "Conflict"
+
+
+class PayloadTooLarge(GatekeeperError):
+    status = 413
+    slug = "payload-too-large"
+    title = "Request body too large"
+
+
+class Unprocessable(GatekeeperError):
+    status = 422
+    slug = "unprocessable"
+    title = "Unprocessable request"
+
+
+class BadGateway(GatekeeperError):
+    status = 502
+    slug = "upstream-unreachable"
+    title = "Upstream unreachable"
+
+
+class ServiceUnavailable(GatekeeperError):
+    status = 503
+    slug = "ledger-unavailable"
+    title = "Ledger unavailable"
+
+    def __init__(self, detail: str, *, retry_after_s: int = 1, **extra: Any) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after_s)}, **extra)
+
+
+class GatewayTimeout(GatekeeperError):
+    status = 504
+    slug = "upstream-timeout"
+    title = "Upstream timeout"
+
+
+class LedgerUnavailable(Exception):
+    """Redis did not answer in time or refused the call; wraps the client error."""
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; lists every problem found."""
+
+    def __init__(self, file: str, problems: list[str]) -> None:
+        self.file = file
+        self.problems = problems
+        super().__init__("\n".join(f"{file}: {problem}" for problem in problems))
