@@ -100,6 +100,11 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
 
+    @property
+    def address_file(self) -> Path:
+        """File naming the running server's ``host:port``, for CLI commands of the same config."""
+        return self.data_dir / "server.addr"
+
     def _command(self, binary: str) -> list[str]:
         return [
             binary,
@@ -135,6 +140,7 @@ class EmbeddedRedis:
                 start_new_session=True,
             )
             if self._wait_ready(timeout_s):
+                self.address_file.write_text(f"{self.host}:{self.port}\n", encoding="utf-8")
                 log.info("embedded_redis_started", binary=binary, address=f"{self.host}:{self.port}",
                          data_dir=str(self.data_dir), pid=self.process.pid)
                 return
@@ -173,6 +179,7 @@ class EmbeddedRedis:
             return
         pid = self.process.pid
         self._terminate()
+        self.address_file.unlink(missing_ok=True)
         if self.process.stderr is not None:
             with contextlib.suppress(OSError):
                 self.process.stderr.close()
@@ -181,6 +188,7 @@ class EmbeddedRedis:
 
     def kill(self) -> None:
         """Kill the server without a shutdown, as a crash would."""
+        self.address_file.unlink(missing_ok=True)
         if self.process is not None:
             self.process.kill()
             self.process.wait()
@@ -192,3 +200,15 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def running_url(data_dir: str | Path) -> str | None:
+    """Return the URL of an embedded server already running on ``data_dir``, if it answers."""
+    address_file = Path(data_dir).resolve() / "server.addr"
+    try:
+        host, _, port = address_file.read_text(encoding="utf-8").strip().rpartition(":")
+    except OSError:
+        return None
+    if not port.isdigit() or not ping(host, int(port)):
+        return None
+    return f"redis://{host}:{port}/0"

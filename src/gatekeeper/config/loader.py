@@ -84,7 +84,8 @@ def _describe(error: Any, document: Any) -> str:
         message = "unknown key"
     elif error["type"] == "missing":
         return f"{format_location(location)}: required key is missing"
-    if value is _MISSING:
+    if value is _MISSING or isinstance(value, dict):
+        # A rule about a whole mapping names its path; echoing the mapping would only add noise.
         return f"{format_location(location)}: {message}"
     return f"{format_location(location)}: {message} (got {value!r})"
 
