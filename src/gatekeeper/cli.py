@@ -1,0 +1,187 @@
+"""Command line: ``gatekeeper serve``, ``check-config``, ``token``, ``demo`` and ``ledger``.
+
+Every command that needs the config takes ``--config PATH``, defaulting to
+``$GATEKEEPER_CONFIG``, then ``config/gatekeeper.yaml``. Exit codes: 0 success, 1 failure
+(invalid config, failed check), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from gatekeeper.errors import ConfigError
+from gatekeeper.log import configure_logging
+
+DEFAULT_CONFIG = "config/gatekeeper.yaml"
+
+
+def default_config() -> str:
+    return os.environ.get("GATEKEEPER_CONFIG") or DEFAULT_CONFIG
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="PATH",
+        help=f"config file (default: $GATEKEEPER_CONFIG, then {DEFAULT_CONFIG})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gatekeeper",
+        description="Reverse proxy that charges prepaid tickets per request.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the proxy and admin listeners")
+    _add_config(serve)
+    serve.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="worker processes (default: server.workers, then one per CPU)")
+
+    check = commands.add_parser("check-config", help="validate a config file; exit 0 or 1")
+    check.add_argument("path", metavar="PATH", help="config file to validate")
+
+    token = commands.add_parser("token", help="mint an HS* test token from the config's secret")
+    _add_config(token)
+    token.add_argument("--tenant", required=True, help="tenant id to put in the token")
+    token.add_argument("--team", default=None, help="team id to put in the token")
+    token.add_argument("--scope", action="append", default=[], help="scope; repeat for several")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+
+    demo = commands.add_parser("demo", help="run a gateway, sample API and embedded Redis, "
+                                            "spend tickets until 402, then keep serving")
+    demo.add_argument("--no-wait", action="store_true", help="exit after the scripted requests")
+
+    ledger = commands.add_parser("ledger", help="ledger maintenance")
+    ledger_commands = ledger.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
+    verify = ledger_commands.add_parser(
+        "verify", help="check conservation of every pool of a tenant; exit 0 or 1"
+    )
+    _add_config(verify)
+    verify.add_argument("--tenant", required=True, help="tenant whose pools are checked")
+    return parser
+
+
+def _check_config(path: str) -> int:
+    from gatekeeper.config import parse_config  # noqa: PLC0415 - heavy imports
+    from gatekeeper.runtime import read_source  # noqa: PLC0415
+
+    try:
+        source = read_source(path)
+        config = parse_config(source.text, source.path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{path}: OK ({len(config.routes)} routes, {len(config.upstreams)} upstreams, "
+          f"version {source.version})")
+
+    # Secrets live in the environment of the server, not in the file, so an unset variable
+    # here is a warning: the check may run in CI where the secrets are absent.
+    variables = [issuer.secret_env for issuer in config.auth.jwt if issuer.secret_env]
+    variables += [config.admin.token_env] if config.admin.token_env else []
+    variables += list((config.admin.tokens or {}).values())
+    for variable in variables:
+        if not os.environ.get(variable):
+            print(f"{path}: warning: environment variable {variable} is unset here; "
+                  "`gatekeeper serve` needs it", file=sys.stderr)
+    return 0
+
+
+def _serve(config_path: str, workers: int | None) -> int:
+    from gatekeeper.server import run  # noqa: PLC0415 - heavy imports
+
+    try:
+        import uvloop  # noqa: PLC0415 - optional on platforms without it
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(run(config_path))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"gatekeeper: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from gatekeeper.auth.mint import mint_token  # noqa: PLC0415
+    from gatekeeper.config import load_config  # noqa: PLC0415
+
+    path = args.config or default_config()
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    issuer = next((i for i in config.auth.jwt if i.secret_env), None)
+    if issuer is None or issuer.secret_env is None:
+        print(f"{path}: no auth.jwt issuer with secret_env; tokens for public-key issuers "
+              "come from your identity provider", file=sys.stderr)
+        return 1
+    secret = os.environ.get(issuer.secret_env)
+    if not secret:
+        print(f"environment variable {issuer.secret_env} is unset", file=sys.stderr)
+        return 1
+    print(mint_token(
+        secret,
+        tenant=args.tenant,
+        team=args.team,
+        scopes=tuple(args.scope),
+        ttl_s=args.ttl,
+        issuer=issuer.issuer,
+        audience=issuer.audience[0] if issuer.audience else None,
+        algorithm=issuer.algorithms[0],
+        tenant_claim=issuer.tenant_claim,
+        team_claim=issuer.team_claim,
+    ))
+    return 0
+
+
+def _ledger_verify(args: argparse.Namespace) -> int:
+    from gatekeeper.config import load_config  # noqa: PLC0415
+    from gatekeeper.embedded import running_url  # noqa: PLC0415
+    from gatekeeper.ledger.verify import run_verify  # noqa: PLC0415
+
+    path = args.config or default_config()
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    url = config.redis.url
+    if url == "embedded":
+        found = running_url(config.redis.data_dir)
+        if found is None:
+            print(f"no embedded Redis is running for {config.redis.data_dir}; "
+                  "start `gatekeeper serve` first", file=sys.stderr)
+            return 1
+        url = found
+    return asyncio.run(run_verify(url, config.redis.key_prefix, args.tenant))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    if args.command == "check-config":
+        return _check_config(args.path)
+
+    configure_logging()
+    if args.command == "serve":
+        return _serve(args.config or default_config(), args.workers)
+    if args.command == "token":
+        return _token(args)
+    if args.command == "demo":
+        from gatekeeper.demo import run_demo  # noqa: PLC0415
+
+        return run_demo(wait=not args.no_wait)
+    return _ledger_verify(args)

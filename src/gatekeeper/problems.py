@@ -1,0 +1,91 @@
+"""The one place where errors become HTTP responses, and where each request is logged once.
+
+Every proxy and admin response passes through :func:`problem_middleware`: a
+:class:`~gatekeeper.errors.GatekeeperError` becomes its problem+json body and headers, an
+unexpected exception becomes a logged 500 without a stack trace, and the canonical log line
+is written when the response is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from gatekeeper.errors import PROBLEM_BASE, GatekeeperError
+from gatekeeper.record import RECORD, RequestRecord, request_id_from
+
+log = structlog.get_logger("gatekeeper.request")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def problem_response(error: GatekeeperError) -> web.Response:
+    """Render an error as an RFC 9457 problem+json response."""
+    return web.Response(
+        status=error.status,
+        text=json.dumps(error.problem()),
+        content_type="application/problem+json",
+        headers=error.headers,
+    )
+
+
+def _from_http_exception(exc: web.HTTPException) -> web.Response:
+    body = {
+        "type": PROBLEM_BASE + "http-" + str(exc.status),
+        "title": exc.reason,
+        "status": exc.status,
+        "detail": exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason,
+    }
+    headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
+    return web.Response(status=exc.status, text=json.dumps(body),
+                        content_type="application/problem+json", headers=headers)
+
+
+def _internal_error(record: RequestRecord) -> web.Response:
+    body = {
+        "type": PROBLEM_BASE + "internal",
+        "title": "Internal error",
+        "status": 500,
+        "detail": f"The gateway failed; quote request id {record.request_id} to the operator.",
+    }
+    return web.Response(status=500, text=json.dumps(body), content_type="application/problem+json")
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Create the request record, translate errors, and log the canonical line."""
+    record = RequestRecord(request_id_from(request.headers), request.method, request.path)
+    request[RECORD] = record
+    structlog.contextvars.bind_contextvars(request_id=record.request_id)
+    try:
+        response = await handler(request)
+    except GatekeeperError as error:
+        record.error = error.slug
+        response = problem_response(error)
+    except web.HTTPException as exc:
+        response = _from_http_exception(exc)
+    except asyncio.CancelledError:
+        # The client went away; nobody reads a response, but the line is still logged.
+        record.status = 499
+        record.error = "client_disconnected"
+        log.info("request", **record.fields())
+        raise
+    except Exception:  # noqa: BLE001 - last resort: log with the id, answer 500 without a trace
+        log.exception("request_failed", **record.fields())
+        record.error = "internal"
+        response = _internal_error(record)
+    record.status = response.status
+    log.info("request", **record.fields())
+    structlog.contextvars.unbind_contextvars("request_id")
+    return response
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Put the request id on every response, streamed ones included, just before headers go."""
+    record = request.get(RECORD)
+    if record is not None:
+        response.headers["X-Request-Id"] = record.request_id

@@ -1,0 +1,79 @@
+"""The canonical log line: one record per request, filled in as the request moves along.
+
+The middleware that creates the record logs it once when the response is done, with every
+decision field (route, tenant, pool, cost, balance, status, upstream time), so an operator
+can answer "why was this request charged or refused" from one line.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+# A client-sent request id is echoed only when it is short and plain, so it cannot inject
+# anything into logs or headers.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def request_id_from(headers: Any) -> str:
+    """Return the client's ``X-Request-Id`` when it is safe to reuse, else a new id."""
+    offered = headers.get("X-Request-Id")
+    if offered and _REQUEST_ID.match(offered):
+        return str(offered)
+    return uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """Decision fields of one request, logged once as the canonical line."""
+
+    request_id: str
+    method: str
+    path: str
+    started: float = field(default_factory=time.perf_counter)
+    route: str | None = None
+    tenant: str | None = None
+    pool: str | None = None
+    cost: int | None = None
+    balance: int | None = None
+    status: int | None = None
+    error: str | None = None
+    upstream_started: float | None = None
+    upstream_ms: float | None = None
+
+    def start_upstream(self) -> None:
+        self.upstream_started = time.perf_counter()
+
+    def stop_upstream(self) -> None:
+        if self.upstream_started is not None and self.upstream_ms is None:
+            self.upstream_ms = round((time.perf_counter() - self.upstream_started) * 1000, 3)
+
+    def fields(self) -> dict[str, Any]:
+        """Return the record as log fields, leaving out what the request never reached."""
+        duration_ms = round((time.perf_counter() - self.started) * 1000, 3)
+        values: dict[str, Any] = {
+            "request_id": self.request_id,
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "duration_ms": duration_ms,
+        }
+        optional = {
+            "route": self.route,
+            "tenant": self.tenant,
+            "pool": self.pool,
+            "cost": self.cost,
+            "balance": self.balance,
+            "upstream_ms": self.upstream_ms,
+            "error": self.error,
+        }
+        values.update({key: value for key, value in optional.items() if value is not None})
+        return values
+
+
+RECORD: web.RequestKey[RequestRecord] = web.RequestKey("record", RequestRecord)

@@ -1,0 +1,109 @@
+"""The real CLI in a subprocess: check-config exit codes, serve's start line and clean stop."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from tests.support import ADMIN_HEADERS, GatewayProcess, bearer, config_text
+
+ROOT = Path(__file__).resolve().parents[2]
+ROUTES = """
+- name: echo
+  match: {path: /v1/echo}
+  upstream: api
+"""
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - fixed argument list
+        [sys.executable, "-m", "gatekeeper", *args],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env=env,
+    )
+
+
+def test_check_config_valid() -> None:
+    result = run_cli("check-config", "config/gatekeeper.yaml")
+    assert result.returncode == 0
+    assert "config/gatekeeper.yaml: OK" in result.stdout
+
+
+def test_check_config_invalid(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(config_text(redis_url="embedded", upstream_url="http://127.0.0.1:1",
+                               routes=ROUTES + "  cost: -4\n"))
+    result = run_cli("check-config", str(bad))
+    assert result.returncode == 1
+    assert f"{bad}: routes[0].cost: Input should be greater than or equal to 0 (got -4)" in (
+        result.stderr
+    )
+
+
+def test_check_config_missing_file(tmp_path: Path) -> None:
+    result = run_cli("check-config", str(tmp_path / "absent.yaml"))
+    assert result.returncode == 1
+    assert "cannot read the file" in result.stderr
+
+
+async def test_serve_logs_start_and_stops(tmp_path: Path, redis_url: str) -> None:
+    config = tmp_path / "gatekeeper.yaml"
+    config.write_text(config_text(redis_url=redis_url, upstream_url="http://127.0.0.1:1",
+                                  routes=ROUTES))
+    gateway = GatewayProcess(config, tmp_path / "gateway.log").start()
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{gateway.admin_url}/readyz") as response:
+            assert response.status == 200
+    code = gateway.stop(signal.SIGINT)
+    started = gateway.find_log("gatekeeper_started")
+    assert code == 0
+    assert len(started) == 1
+    assert started[0]["proxy"].startswith("127.0.0.1:")
+    assert gateway.find_log("gatekeeper_stopped")
+
+
+async def test_serve_embedded_redis_keeps_balance(tmp_path: Path) -> None:
+    config = tmp_path / "gatekeeper.yaml"
+    text = config_text(redis_url="embedded", upstream_url="http://127.0.0.1:1", routes=ROUTES)
+    config.write_text(text.replace("redis: {url: 'embedded'}",
+                                   f"redis: {{url: embedded, data_dir: '{tmp_path / 'data'}'}}"))
+    for round_number in range(2):
+        gateway = GatewayProcess(config, tmp_path / f"gateway-{round_number}.log").start()
+        async with aiohttp.ClientSession() as session:
+            if round_number == 0:
+                headers = {**ADMIN_HEADERS, "Idempotency-Key": "embedded-1"}
+                async with session.post(f"{gateway.admin_url}/admin/v1/pools/acme/grants",
+                                        json={"tickets": 7}, headers=headers) as response:
+                    assert response.status == 201
+            async with session.get(f"{gateway.admin_url}/admin/v1/pools/acme",
+                                   headers=ADMIN_HEADERS) as response:
+                body = await response.json()
+        assert gateway.stop() == 0
+        assert body["balance"] == 7
+    assert not (tmp_path / "data" / "server.addr").exists()
+
+
+async def test_canonical_line_without_secrets(tmp_path: Path, redis_url: str) -> None:
+    config = tmp_path / "gatekeeper.yaml"
+    config.write_text(config_text(redis_url=redis_url, upstream_url="http://127.0.0.1:1",
+                                  routes=ROUTES))
+    gateway = GatewayProcess(config, tmp_path / "gateway.log").start()
+    headers = bearer("acme")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{gateway.proxy_url}/v1/echo", headers=headers) as response:
+            assert response.status == 402
+        async with session.get(f"{gateway.admin_url}/admin/v1/pools/acme",
+                               headers=ADMIN_HEADERS) as response:
+            assert response.status == 404
+    gateway.stop()
+    text = (tmp_path / "gateway.log").read_text()
+    lines = [line for line in gateway.find_log("request") if line.get("route") == "echo"]
+    assert len(lines) == 1
+    assert {"request_id", "tenant", "pool", "route", "cost", "balance", "status"} <= set(lines[0])
+    assert lines[0]["status"] == 402
+    assert headers["Authorization"].split()[1] not in text
+    assert "integration-admin-token" not in text
+    assert "integration-test-secret" not in text
