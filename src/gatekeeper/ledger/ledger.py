@@ -1,0 +1,267 @@
+"""The ledger: charges, refunds, grants and pool reads, each one atomic Lua script call.
+
+Callers never see a Redis error: every failure becomes ``LedgerUnavailable``. Charges made
+in the same event-loop tick share one round trip (see ``batch``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from gatekeeper.errors import LedgerUnavailable
+from gatekeeper.ledger import lua
+from gatekeeper.ledger.batch import ChargeBatcher
+from gatekeeper.ledger.client import RedisClient, wrap_redis_errors
+from gatekeeper.ledger.keys import KeyBuilder, split_pool
+from gatekeeper.ledger.models import (
+    ChargeRequest,
+    ChargeResult,
+    GrantResult,
+    iso_from_ms,
+    ms_from_datetime,
+    parent_of,
+    validate_charge,
+    validate_tickets,
+    validate_token_id,
+)
+from gatekeeper.ledger.pool_object import pool_object
+
+log = structlog.get_logger("gatekeeper.ledger")
+
+# Admin operation records and idempotency keys are kept for 24 hours.
+OPERATION_TTL_S = 24 * 3600
+
+
+class GrantExpired(ValueError):
+    """A grant whose ``expires_at`` has already passed on the Redis clock."""
+
+
+class Ledger:
+    """Ticket pools in Redis.
+
+    Args:
+        client: a client from ``connect_redis`` (replies decoded to ``str``, no retries).
+        key_prefix: first part of every key (``redis.key_prefix``).
+        charge_ttl_s: seconds a charge record is kept. Within that time a retried charge
+            returns its first result and a refund finds the charge. Use a few times the
+            upstream timeout.
+    """
+
+    def __init__(self, client: RedisClient, *, key_prefix: str = "gk",
+                 charge_ttl_s: int = 3600) -> None:
+        self.client = client
+        self.keys = KeyBuilder(key_prefix)
+        self.charge_ttl_s = charge_ttl_s
+        self.scripts = lua.load_scripts()
+        self._batcher = ChargeBatcher(client, self.scripts["charge"])
+        self._registered = False
+
+    async def _register_scripts(self) -> None:
+        """Load every script once, before the first call; NOSCRIPT handles later losses."""
+        if self._registered:
+            return
+        with wrap_redis_errors("register_scripts"):
+            for script in self.scripts.values():
+                await lua.register(self.client, script)
+        self._registered = True
+        log.info("ledger_scripts_registered", count=len(self.scripts))
+
+    @property
+    def round_trips(self) -> int:
+        """Pipelined round trips that charges have made so far."""
+        return self._batcher.round_trips
+
+    async def _run(self, name: str, keys: list[str], args: list[Any], **ids: object) -> Any:
+        await self._register_scripts()
+        with wrap_redis_errors(name, **ids):
+            return await lua.run(self.client, self.scripts[name], keys, args)
+
+    def _pool_keys(self, pools: list[str]) -> list[str]:
+        keys: list[str] = []
+        for pool in pools:
+            keys.extend(self.keys.pool(pool).as_list())
+        return keys
+
+    def _with_parents(self, pools: tuple[str, ...] | list[str]) -> list[str]:
+        named = list(pools)
+        for pool in pools:
+            parent = parent_of(pool)
+            if parent is not None and parent not in named:
+                named.append(parent)
+        return named
+
+    async def charge(self, request: ChargeRequest) -> ChargeResult:
+        """Charge ``request.cost`` tickets to the first candidate pool that exists.
+
+        Concurrent calls share one pipelined round trip; each is its own atomic script call.
+        When no candidate exists the charge is refused with balance 0 and the last
+        candidate as pool.
+
+        Raises:
+            ValueError: for a pool of another tenant, an invalid cost or charge id.
+            LedgerUnavailable: when a Redis call fails or times out.
+        """
+        validate_charge(request)
+        named = self._with_parents(request.pools)
+        keys = [
+            self.keys.charge(request.tenant, request.charge_id),
+            self.keys.usage(request.tenant),
+            self.keys.usage_index(request.tenant),
+            *self._pool_keys(named),
+        ]
+        args: list[Any] = [
+            request.cost, request.route, int(request.critical), int(request.shadow),
+            self.charge_ttl_s, len(request.pools), *named,
+        ]
+        await self._register_scripts()
+        reply = await self._batcher.submit(keys, args, request.charge_id)
+        allowed = int(reply[1]) == 1
+        return ChargeResult(
+            charge_id=request.charge_id,
+            pool=str(reply[0]),
+            allowed=allowed,
+            cost=int(reply[2]) if allowed else request.cost,
+            balance=int(reply[3]),
+        )
+
+    async def _charge_keys(self, tenant: str, charge_id: str) -> tuple[list[str], list[str]] | None:
+        """Return the keys and pool names a refund or settle needs, or None if unknown."""
+        validate_token_id(charge_id, "charge_id")
+        record = self.keys.charge(tenant, charge_id)
+        with wrap_redis_errors("read_charge", tenant=tenant, charge_id=charge_id):
+            pool = await self.client.hget(record, "pool")
+        if pool is None:
+            return None
+        named = self._with_parents([str(pool)])
+        keys = [record, self.keys.usage(tenant), self.keys.usage_index(tenant),
+                *self._pool_keys(named)]
+        return keys, named
+
+    async def refund(self, tenant: str, charge_id: str) -> int | None:
+        """Give a charge's tickets back, at most once.
+
+        Returns:
+            The pool's balance after the refund, or None when the charge is unknown,
+            was refused, or was refunded before.
+
+        Raises:
+            LedgerUnavailable: when a Redis call fails or times out.
+        """
+        found = await self._charge_keys(tenant, charge_id)
+        if found is None:
+            return None
+        keys, named = found
+        reply = await self._run("refund", keys, named, tenant=tenant, charge_id=charge_id)
+        if not reply:
+            return None
+        log.info("ledger_refunded", tenant=tenant, charge_id=charge_id, pool=named[0],
+                 balance=int(reply[0]))
+        return int(reply[0])
+
+    async def settle(self, tenant: str, charge_id: str, actual_cost: int) -> int:
+        """Settle a charge to the actual cost the upstream reported.
+
+        A lower cost gives the difference back; a higher one takes it from the charged
+        pool as far as its balance and overdraft allow.
+
+        Returns:
+            The tickets charged in total after settling; 0 for an unknown, refused or
+            refunded charge.
+
+        Raises:
+            ValueError: for an actual cost that is not a ticket count.
+            LedgerUnavailable: when a Redis call fails or times out.
+        """
+        validate_tickets(actual_cost, "actual_cost", minimum=0)
+        found = await self._charge_keys(tenant, charge_id)
+        if found is None:
+            return 0
+        keys, named = found
+        reply = await self._run("settle", keys, [actual_cost, *named], tenant=tenant,
+                                charge_id=charge_id)
+        if not reply:
+            return 0
+        return int(reply[0])
+
+    async def grant(self, pool: str, tickets: int, *, expires_at: datetime | None,
+                    note: str | None, actor: str, idempotency_key: str) -> GrantResult:
+        """Grant tickets to a pool, creating it, exactly once per idempotency key.
+
+        Args:
+            pool: ``tenant`` or ``tenant/team``.
+            tickets: 1 to 2^53-1 tickets.
+            expires_at: when the grant's remaining tickets expire; None for never.
+            note: free text shown with the grant.
+            actor: who granted, for the audit stream.
+            idempotency_key: a repeated call with this key returns the first result.
+
+        Raises:
+            ValueError: for an invalid pool id, ticket count or key.
+            GrantExpired: when ``expires_at`` has passed on the Redis clock.
+            LedgerUnavailable: when a Redis call fails or times out.
+        """
+        tenant, _team = split_pool(pool)
+        validate_tickets(tickets)
+        validate_token_id(idempotency_key, "idempotency key")
+        expires_ms = 0 if expires_at is None else ms_from_datetime(expires_at)
+        keys = [
+            self.keys.operation(tenant, idempotency_key),
+            self.keys.pools(tenant),
+            self.keys.audit(tenant),
+            self.keys.usage(tenant),
+            self.keys.usage_index(tenant),
+            *self.keys.pool(pool).as_list(),
+        ]
+        args = [pool, tickets, expires_ms, note or "", actor, idempotency_key,
+                OPERATION_TTL_S, parent_of(pool) or ""]
+        reply = await self._run("grant", keys, args, tenant=tenant, pool=pool)
+        if reply[0] == "expired":
+            raise GrantExpired(f"expires_at {iso_from_ms(expires_ms)} has already passed")
+        (_status, grant_id, granted, remaining, expires, created, text,
+         balance, debt, paid, replayed) = reply
+        grant = {
+            "id": grant_id,
+            "tickets": int(granted),
+            "remaining": int(remaining),
+            "expires_at": iso_from_ms(int(expires)),
+            "note": text or None,
+            "created_at": iso_from_ms(int(created)),
+        }
+        result = GrantResult(grant=grant, pool=pool, balance=int(balance), debt=int(debt),
+                             debt_paid=int(paid), replayed=int(replayed) == 1)
+        log.info("ledger_granted", pool=pool, grant=grant_id, tickets=tickets, actor=actor,
+                 replayed=result.replayed, balance=result.balance)
+        return result
+
+    async def get_pool(self, pool: str) -> dict[str, Any] | None:
+        """Return the pool object at this moment, or None for an unknown pool.
+
+        Expired grants are removed first, so the balance never counts them.
+
+        Raises:
+            ValueError: for an invalid pool id.
+            LedgerUnavailable: when a Redis call fails or times out.
+        """
+        tenant, _team = split_pool(pool)
+        keys = [self.keys.usage(tenant), self.keys.usage_index(tenant),
+                *self.keys.pool(pool).as_list()]
+        reply = await self._run("read_pool", keys, [pool], tenant=tenant, pool=pool)
+        if not reply:
+            return None
+        return pool_object(pool, reply)
+
+    async def ping(self) -> bool:
+        """Send PING; return False on any Redis error."""
+        try:
+            with wrap_redis_errors("ping"):
+                return bool(await self.client.ping())
+        except LedgerUnavailable:
+            return False
+
+    async def close(self) -> None:
+        """Wait for charges in flight, then close the client's connections."""
+        await self._batcher.close()
+        await self.client.aclose()

@@ -1,0 +1,131 @@
+"""Values that pass between the ledger and its callers: charges, grants and pools."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from gatekeeper.ledger.keys import ID_PATTERN, split_pool
+
+# Tickets are integers from 1 to 2**53 - 1, so that they stay exact in Lua doubles and JSON.
+MAX_TICKETS = 2**53 - 1
+MAX_ID_LENGTH = 200
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeRequest:
+    """One request's charge, as the gateway sends it.
+
+    Attributes:
+        tenant: tenant id from the token.
+        pools: candidate pools in order; the first one that exists pays.
+        cost: tickets to charge.
+        route: route name, for the usage counters.
+        charge_id: unique id; a repeated call with the same id returns the first result.
+        critical: may spend below the reserve and down to minus the overdraft.
+        shadow: never refused; when the pool cannot pay, nothing is charged.
+    """
+
+    tenant: str
+    pools: tuple[str, ...]
+    cost: int
+    route: str
+    charge_id: str
+    critical: bool = False
+    shadow: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeResult:
+    """The outcome of a charge.
+
+    Attributes:
+        charge_id: the request's charge id.
+        pool: the pool that paid, or was asked to pay and refused.
+        allowed: whether the request may go on.
+        cost: tickets charged; for a refused charge, the tickets it would have cost.
+        balance: the pool's balance after the charge.
+    """
+
+    charge_id: str
+    pool: str
+    allowed: bool
+    cost: int
+    balance: int
+
+
+@dataclass(frozen=True, slots=True)
+class GrantResult:
+    """The outcome of a grant.
+
+    Attributes:
+        grant: the grant object (id, tickets, remaining, expires_at, note, created_at).
+        pool: the pool id.
+        balance: the pool's balance after the grant.
+        debt: the pool's debt after the grant.
+        debt_paid: tickets of this grant that paid debt.
+        replayed: True when the idempotency key had been used, and nothing changed.
+    """
+
+    grant: dict[str, Any]
+    pool: str
+    balance: int
+    debt: int
+    debt_paid: int
+    replayed: bool
+
+
+def validate_tickets(value: object, name: str = "tickets", *, minimum: int = 1) -> int:
+    """Return ``value`` when it is an integer ticket count, else raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not minimum <= value <= MAX_TICKETS:
+        raise ValueError(f"{name} must be from {minimum} to {MAX_TICKETS}, got {value}")
+    return value
+
+
+def validate_token_id(value: str, name: str) -> str:
+    """Return ``value`` when it can be part of a key name: 1-200 visible ASCII characters."""
+    if not 0 < len(value) <= MAX_ID_LENGTH or not value.isascii() or not value.isprintable():
+        raise ValueError(f"{name} must be 1-{MAX_ID_LENGTH} visible ASCII characters")
+    if " " in value:
+        raise ValueError(f"{name} must not contain spaces")
+    return value
+
+
+def validate_charge(request: ChargeRequest) -> None:
+    """Raise ``ValueError`` unless every pool belongs to the request's tenant."""
+    if not ID_PATTERN.match(request.tenant):
+        raise ValueError(f"invalid tenant id {request.tenant!r}")
+    if not request.pools:
+        raise ValueError("a charge needs at least one candidate pool")
+    for pool in request.pools:
+        if split_pool(pool)[0] != request.tenant:
+            raise ValueError(f"pool {pool!r} does not belong to tenant {request.tenant!r}")
+    validate_tickets(request.cost, "cost", minimum=0)
+    validate_token_id(request.charge_id, "charge_id")
+
+
+def parent_of(pool: str) -> str | None:
+    """Return the default parent of a pool: the tenant pool for a team pool, else None."""
+    tenant, team = split_pool(pool)
+    return tenant if team is not None else None
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def iso_from_ms(ms: int) -> str | None:
+    """Return UTC ISO-8601 text for a time in ms, or None for 0 (never)."""
+    if ms == 0:
+        return None
+    return ms_to_datetime(ms).isoformat().replace("+00:00", "Z")
+
+
+def ms_from_datetime(moment: datetime) -> int:
+    """Return Unix milliseconds of an aware datetime; a naive one is taken as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)

@@ -1,0 +1,51 @@
+-- Refund a charge by its id, at most once: the tickets go back to the grants they came
+-- from, and tickets borrowed from the parent go back to the parent.
+--
+-- KEYS[1] charge record, KEYS[2] usage hash, KEYS[3] usage index,
+-- KEYS[4..] three keys per pool named in ARGV[1..] (the charged pool, then its parent).
+-- Returns {balance after} or {} when the charge is unknown, refused or already refunded.
+
+local names = {}
+for i = 1, #ARGV do table.insert(names, ARGV[i]) end
+
+local record = KEYS[1]
+local charge = redis.call('HMGET', record, 'pool', 'allowed', 'cost', 'route', 'hour',
+  'debits', 'borrowed', 'parent', 'refunded')
+if not charge[1] or charge[2] ~= '1' or charge[9] == '1' then
+  return {}
+end
+if charge[1] ~= names[1] then
+  return redis.error_reply('charge record names pool ' .. charge[1] .. ', not ' .. names[1])
+end
+
+local usage = usage_open(KEYS[2], KEYS[3])
+local pools = open_pools(4, names)
+local now = now_ms()
+local pool = load_named(pools, names[1])
+if pool == nil then
+  return redis.error_reply('pool ' .. names[1] .. ' of the charge no longer exists')
+end
+expire_grants(pool, now, usage)
+local parent = nil
+if charge[8] ~= '' then
+  parent = load_named(pools, charge[8])
+  if parent ~= nil then expire_grants(parent, now, usage) end
+end
+
+for _, debit in ipairs(decode_debits(charge[6])) do
+  restore(pools, debit, now, usage, 'refund')
+end
+
+local cost = tonumber(charge[3])
+local borrowed = tonumber(charge[7])
+local hour = tonumber(charge[5])
+usage_add(usage, pool.name, hour, charge[4], 'refunded', cost)
+if borrowed > 0 and parent ~= nil then
+  usage_add(usage, pool.name, hour_of(now), '*', 'transfers_out', borrowed)
+  usage_add(usage, parent.name, hour_of(now), '*', 'transfers_in', borrowed)
+end
+
+save_pool(pool)
+if parent ~= nil then save_pool(parent) end
+redis.call('HSET', record, 'refunded', '1', 'balance', int(balance(pool)))
+return { balance(pool) }
