@@ -1,0 +1,486 @@
+"""Streaming forwarder: sends a matched, charged request to its upstream and streams the reply.
+
+Map of the module:
+
+- ``check_request_framing`` and ``declared_too_large`` are the checks the gateway runs
+  before charging.
+- ``Forwarder.forward`` picks a target (``upstreams``), builds the headers (``headers``),
+  streams the request body through ``RequestBody`` and the response back chunk by chunk,
+  or relays a WebSocket (``websocket``).
+- A failure before the upstream's response headers raises ``UpstreamFailure`` or
+  ``BodyTooLarge``, so the gateway can refund. After the headers nothing is raised: a broken
+  upstream body ends the client response by closing its connection, and the charge stands.
+
+NOTE: the gateway's aiohttp server must run with ``handler_cancellation=True``. Without it, a
+client that disconnects while the upstream is still working does not cancel the upstream call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Literal
+
+import aiohttp
+import structlog
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from gatekeeper import errors, websocket
+from gatekeeper.config.model import Proxy as ProxyConfig
+from gatekeeper.config.model import Route, Upstream
+from gatekeeper.headers import (
+    VIA_NAME,
+    TrustedProxies,
+    client_response_headers,
+    upstream_request_headers,
+)
+from gatekeeper.upstreams import Targets
+
+log = structlog.get_logger("gatekeeper.proxy")
+
+FailureKind = Literal["connect_error", "timeout"]
+OnHeaders = Callable[[int, "CIMultiDictProxy[str]"], Awaitable[Mapping[str, str]]]
+
+# The client library adds these when they are missing; a proxy sends only what the client sent.
+SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+DIGITS = re.compile(r"[0-9]+")
+
+
+class UpstreamFailure(Exception):
+    """The upstream produced no response headers: it was unreachable or too slow.
+
+    Args:
+        kind: ``connect_error`` (refused, DNS, connect timeout, or the connection closed
+            before response headers) or ``timeout`` (no headers within ``read_timeout_s``).
+        detail: one sentence for logs and the problem body.
+    """
+
+    def __init__(self, kind: FailureKind, detail: str) -> None:
+        super().__init__(detail)
+        self.kind: FailureKind = kind
+        self.detail = detail
+
+
+class BodyTooLarge(Exception):
+    """The streamed request body passed the body limit; the upstream call was aborted."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"The request body exceeds the limit of {limit} bytes.")
+        self.limit = limit
+
+
+def body_limit(route: Route, proxy_config: ProxyConfig) -> int:
+    """Return the request body limit in bytes: the route's, else the proxy default."""
+    if route.max_body_bytes is not None:
+        return route.max_body_bytes
+    return proxy_config.max_body_bytes
+
+
+def declared_too_large(request: web.Request, route: Route, proxy_config: ProxyConfig) -> bool:
+    """Return whether the request's ``Content-Length`` already exceeds the body limit.
+
+    The gateway calls this before charging; a chunked body is checked while it streams.
+    """
+    length = request.content_length
+    return length is not None and length > body_limit(route, proxy_config)
+
+
+def check_request_framing(request: web.Request) -> None:
+    """Reject request framings that two HTTP parsers could read differently.
+
+    aiohttp's parser (3.14, both the C and the Python one) already answers 400 for
+    ``Content-Length`` with ``Transfer-Encoding``, repeated or listed ``Content-Length``,
+    and repeated ``Transfer-Encoding``. It accepts transfer codings before ``chunked``
+    (``gzip, chunked``) and ``Transfer-Encoding`` in HTTP/1.0, which this check rejects;
+    the other checks repeat the parser's, in case it is replaced.
+
+    Args:
+        request: the client request, before its body is read.
+
+    Raises:
+        errors.BadRequest: the framing is ambiguous or uses an unsupported coding.
+    """
+    lengths = request.headers.getall("Content-Length", [])
+    codings = request.headers.getall("Transfer-Encoding", [])
+    if lengths and codings:
+        raise errors.BadRequest(
+            "The request has both Content-Length and Transfer-Encoding; send only one."
+        )
+    if len(lengths) > 1 or (lengths and not DIGITS.fullmatch(lengths[0].strip())):
+        raise errors.BadRequest(
+            f"The request's Content-Length {', '.join(lengths)!r} is invalid; "
+            "send one decimal length."
+        )
+    if not codings:
+        return
+    if request.version < aiohttp.HttpVersion11:
+        raise errors.BadRequest("Transfer-Encoding is not allowed in an HTTP/1.0 request.")
+    tokens = [token.strip().lower() for value in codings for token in value.split(",")]
+    if tokens != ["chunked"]:
+        raise errors.BadRequest(
+            f"Transfer-Encoding {', '.join(codings)!r} is not supported; use 'chunked' alone."
+        )
+
+
+def raw_query(request: web.Request) -> str:
+    """Return ``?`` and the query exactly as the client sent it, or ``""`` without one."""
+    _, separator, query = request.raw_path.partition("?")
+    return separator + query if query else ""
+
+
+class RequestBody:
+    """The client's request body, streamed to the upstream and counted against the limit.
+
+    Args:
+        content: the client request's body stream.
+        limit: the body limit in bytes.
+    """
+
+    def __init__(self, content: aiohttp.StreamReader, limit: int) -> None:
+        self._content = content
+        self._limit = limit
+        self.sent = 0
+        self.too_large = False
+        self.client_failed = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Yield the body as it arrives; stop with ``BodyTooLarge`` past the limit."""
+        try:
+            async for chunk in self._content.iter_any():
+                self.sent += len(chunk)
+                if self.sent > self._limit:
+                    self.too_large = True
+                    raise BodyTooLarge(self._limit)
+                yield chunk
+        except (ConnectionResetError, HttpProcessingError):
+            # The client went away or broke its own framing while uploading.
+            self.client_failed = True
+            raise
+
+
+class Forwarder:
+    """Forwards requests to upstreams over one pooled client session.
+
+    Args:
+        upstreams: the configured upstreams by name.
+        proxy: the ``proxy`` config section (trusted proxies, default body limit).
+        clock: monotonic seconds for target cool-downs; tests pass their own.
+    """
+
+    def __init__(
+        self,
+        upstreams: Mapping[str, Upstream],
+        proxy: ProxyConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._upstreams = dict(upstreams)
+        self._proxy = proxy
+        self._trusted = TrustedProxies(proxy.trusted_proxies)
+        self._targets = {name: Targets(up.url, clock=clock) for name, up in upstreams.items()}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """Open the client session; call once before the first ``forward``."""
+        # NOTE: limit=0 lifts aiohttp's default cap of 100 connections, which would queue
+        # requests inside the gateway; the listener's own concurrency bounds the count.
+        connector = aiohttp.TCPConnector(limit=0)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=SKIP_AUTO_HEADERS,
+            timeout=aiohttp.ClientTimeout(total=None),
+            trace_configs=[websocket.handshake_trace()],
+        )
+
+    async def close(self) -> None:
+        """Close the client session and every pooled upstream connection."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("Forwarder.start() must be awaited before forwarding requests.")
+        return self._session
+
+    async def forward(
+        self,
+        request: web.Request,
+        *,
+        route: Route,
+        path: str,
+        tenant: str | None,
+        team: str | None,
+        pool: str | None,
+        on_headers: OnHeaders,
+    ) -> web.StreamResponse:
+        """Forward one request to the route's upstream and stream the response back.
+
+        Args:
+            request: the client request.
+            route: the matched route.
+            path: the normalised request path, sent upstream as it is.
+            tenant: the tenant id for ``Gatekeeper-Tenant``, or None.
+            team: the team id for ``Gatekeeper-Team``, or None.
+            pool: the charged pool for ``Gatekeeper-Pool``, or None.
+            on_headers: awaited with the upstream's status and headers before the client
+                response starts; the headers it returns are added to that response.
+
+        Returns:
+            The client response, already sent.
+
+        Raises:
+            UpstreamFailure: no upstream response headers (connect error or timeout).
+            BodyTooLarge: the streamed body passed the body limit before response headers.
+            ConnectionResetError: the client disconnected while uploading its body.
+            errors.BadRequest: a WebSocket upgrade with an invalid handshake.
+        """
+        upstream = self._upstreams[route.upstream]
+        identity = {"Gatekeeper-Tenant": tenant, "Gatekeeper-Team": team, "Gatekeeper-Pool": pool}
+        if websocket.is_upgrade(request):
+            headers = upstream_request_headers(
+                request, upstream=upstream, trusted=self._trusted, identity=identity,
+                websocket=True,
+            )
+            return await self._forward_websocket(request, route, path, headers, on_headers)
+
+        headers = upstream_request_headers(
+            request, upstream=upstream, trusted=self._trusted, identity=identity
+        )
+        body = None
+        if request.body_exists:
+            body = RequestBody(request.content, body_limit(route, self._proxy))
+        response, target = await self._send(request, route, path, headers, body)
+        try:
+            return await self._relay(request, route, target, response, on_headers)
+        finally:
+            # A fully read response has already returned its connection to the pool;
+            # otherwise this closes the connection and stops any body upload.
+            response.close()
+
+    async def _send(
+        self,
+        request: web.Request,
+        route: Route,
+        path: str,
+        headers: CIMultiDict[str],
+        body: RequestBody | None,
+    ) -> tuple[aiohttp.ClientResponse, str]:
+        """Send the request to the first target that accepts a connection."""
+        upstream = self._upstreams[route.upstream]
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=upstream.connect_timeout_s,
+            sock_connect=upstream.connect_timeout_s,
+            # aiohttp starts this clock once the request body is sent; _relay stops it
+            # when the response headers arrive, so a quiet stream is never cut.
+            sock_read=upstream.read_timeout_s,
+        )
+        failure = UpstreamFailure("connect_error", f"Upstream {route.upstream!r} has no targets.")
+        targets = self._targets[route.upstream]
+        for target in targets.order():
+            url = URL(target + path + raw_query(request), encoded=True)
+            context = {"route": route.name, "upstream": route.upstream, "target": target}
+            try:
+                response = await self.session.request(
+                    request.method,
+                    url,
+                    headers=headers,
+                    data=body.chunks() if body is not None else None,
+                    timeout=timeout,
+                    allow_redirects=False,
+                )
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                # Nothing reached this target, so the next one may take the request.
+                targets.mark_down(target)
+                log.warning("upstream_connect_failed", error=str(exc), **context)
+                failure = UpstreamFailure(
+                    "connect_error", f"Upstream {route.upstream!r} refused or did not answer "
+                    "the connection."
+                )
+                failure.__cause__ = exc
+                continue
+            except aiohttp.ServerTimeoutError as exc:
+                log.warning("upstream_timed_out", error=str(exc), **context)
+                raise UpstreamFailure(
+                    "timeout",
+                    f"Upstream {route.upstream!r} sent no response headers within "
+                    f"{upstream.read_timeout_s} s.",
+                ) from exc
+            except aiohttp.ClientError as exc:
+                raise self._send_failure(route, body, exc, context) from exc
+            return response, target
+        raise failure
+
+    def _send_failure(
+        self,
+        route: Route,
+        body: RequestBody | None,
+        exc: aiohttp.ClientError,
+        context: Mapping[str, str],
+    ) -> Exception:
+        """Return the error for a request that reached the upstream but got no headers."""
+        if body is not None and body.too_large:
+            log.info("request_body_too_large", limit=body_limit(route, self._proxy), **context)
+            return BodyTooLarge(body_limit(route, self._proxy))
+        if body is not None and body.client_failed:
+            log.info("client_disconnected_uploading", sent=body.sent, **context)
+            return ConnectionResetError("The client disconnected while sending its body.")
+        log.warning("upstream_closed_before_headers", error=str(exc), **context)
+        return UpstreamFailure(
+            "connect_error",
+            f"Upstream {route.upstream!r} closed the connection before its response headers.",
+        )
+
+    async def _relay(
+        self,
+        request: web.Request,
+        route: Route,
+        target: str,
+        upstream_response: aiohttp.ClientResponse,
+        on_headers: OnHeaders,
+    ) -> web.StreamResponse:
+        """Stream the upstream response to the client, flushing each chunk as it arrives."""
+        _stop_read_timeout(upstream_response)
+        extra = await on_headers(upstream_response.status, upstream_response.headers)
+        response = web.StreamResponse(
+            status=upstream_response.status,
+            reason=upstream_response.reason,
+            headers=client_response_headers(
+                upstream_response.headers,
+                version=(upstream_response.version or aiohttp.HttpVersion11)[:2],
+                extra=extra,
+            ),
+        )
+        await response.prepare(request)
+        context = {"route": route.name, "upstream": route.upstream, "target": target}
+        content = upstream_response.content
+        while True:
+            try:
+                chunk = await content.readany()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("upstream_body_failed", error=repr(exc), **context)
+                _close_client(request)
+                return response
+            if not chunk:
+                break
+            try:
+                await response.write(chunk)
+            except ConnectionResetError:
+                log.info("client_disconnected", **context)
+                return response
+        await response.write_eof()
+        return response
+
+    async def _forward_websocket(
+        self,
+        request: web.Request,
+        route: Route,
+        path: str,
+        headers: CIMultiDict[str],
+        on_headers: OnHeaders,
+    ) -> web.StreamResponse:
+        """Open the upstream WebSocket, then accept the client's, then relay messages."""
+        max_msg_size = max(body_limit(route, self._proxy), 1)
+        readiness = web.WebSocketResponse(protocols=websocket.offered_protocols(request))
+        if not readiness.can_prepare(request).ok:
+            raise errors.BadRequest("The WebSocket upgrade request has an invalid handshake.")
+        try:
+            upstream_ws, handshake, target = await self._connect_websocket(
+                request, route, path, headers, max_msg_size
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            return await self._refused_upgrade(exc, on_headers)
+
+        try:
+            extra = await on_headers(101, handshake)
+            protocols = (upstream_ws.protocol,) if upstream_ws.protocol else ()
+            client_ws = web.WebSocketResponse(protocols=protocols, max_msg_size=max_msg_size)
+            client_ws.headers.update(extra)
+            client_ws.headers.add("Via", f"1.1 {VIA_NAME}")
+            await client_ws.prepare(request)
+            log.info("websocket_open", route=route.name, target=target)
+            await websocket.relay(client_ws, upstream_ws)
+        finally:
+            await upstream_ws.close()
+        return client_ws
+
+    async def _connect_websocket(
+        self,
+        request: web.Request,
+        route: Route,
+        path: str,
+        headers: CIMultiDict[str],
+        max_msg_size: int,
+    ) -> tuple[aiohttp.ClientWebSocketResponse, CIMultiDictProxy[str], str]:
+        upstream = self._upstreams[route.upstream]
+        targets = self._targets[route.upstream]
+        # NOTE: the WebSocket client takes no per-request timeout, so one deadline covers
+        # connect and handshake, and a target that never answers counts as a timeout.
+        deadline = upstream.connect_timeout_s + upstream.read_timeout_s
+        failure = UpstreamFailure("connect_error", f"Upstream {route.upstream!r} has no targets.")
+        for target in targets.order():
+            url = URL(target + path + raw_query(request), encoded=True)
+            context = {"route": route.name, "upstream": route.upstream, "target": target}
+            try:
+                async with asyncio.timeout(deadline):
+                    upstream_ws, handshake = await websocket.connect(
+                        self.session, url, headers=headers,
+                        protocols=websocket.offered_protocols(request), max_msg_size=max_msg_size,
+                    )
+            except aiohttp.ClientConnectorError as exc:
+                targets.mark_down(target)
+                log.warning("upstream_connect_failed", error=str(exc), **context)
+                failure = UpstreamFailure(
+                    "connect_error", f"Upstream {route.upstream!r} refused the connection."
+                )
+                continue
+            except TimeoutError as exc:
+                log.warning("upstream_timed_out", error=repr(exc), **context)
+                raise UpstreamFailure(
+                    "timeout", f"Upstream {route.upstream!r} did not complete the WebSocket "
+                    f"handshake within {deadline} s."
+                ) from exc
+            except aiohttp.WSServerHandshakeError:
+                raise
+            except aiohttp.ClientError as exc:
+                log.warning("upstream_closed_before_headers", error=str(exc), **context)
+                raise UpstreamFailure(
+                    "connect_error", f"Upstream {route.upstream!r} closed the connection "
+                    "during the WebSocket handshake."
+                ) from exc
+            return upstream_ws, handshake, target
+        raise failure
+
+    async def _refused_upgrade(
+        self, exc: aiohttp.WSServerHandshakeError, on_headers: OnHeaders
+    ) -> web.StreamResponse:
+        """Pass on an upstream's refusal to upgrade: its status and headers, without a body."""
+        upstream_headers = CIMultiDictProxy(CIMultiDict(exc.headers or {}))
+        extra = await on_headers(exc.status, upstream_headers)
+        headers = client_response_headers(upstream_headers, version=(1, 1), extra=extra)
+        for name in ("Content-Length", "Content-Encoding"):
+            headers.popall(name, None)
+        return web.Response(status=exc.status, headers=headers)
+
+
+def _stop_read_timeout(response: aiohttp.ClientResponse) -> None:
+    """Stop the read timeout once headers arrived; it covers only the wait for them."""
+    connection = response.connection
+    if connection is not None and connection.protocol is not None:
+        connection.protocol.read_timeout = None
+        connection.protocol.start_timeout()
+
+
+def _close_client(request: web.Request) -> None:
+    """End a started client response early, so the client sees it as incomplete."""
+    if request.transport is not None:
+        request.transport.close()

@@ -1,0 +1,151 @@
+"""WebSocket relay: one upstream WebSocket per client WebSocket, messages copied both ways.
+
+The gateway connects to the upstream first, so the upstream picks the subprotocol and the
+client is offered exactly that one. Each side negotiates its own compression and answers
+its own pings; text and binary messages are copied whole and close codes are passed on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextvars import ContextVar
+from types import SimpleNamespace
+
+import aiohttp
+import structlog
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+log = structlog.get_logger("gatekeeper.proxy")
+
+# The handshake response is captured by a trace hook, because the WebSocket client does not
+# expose the upstream's 101 headers. Each forward() sets its own list in its context.
+_handshake_headers: ContextVar[list[CIMultiDictProxy[str]] | None] = ContextVar(
+    "gatekeeper_websocket_handshake", default=None
+)
+
+# Close codes that may not be sent in a close frame (RFC 6455 section 7.4.1).
+RESERVED_CLOSE_CODES = frozenset({1005, 1006, 1015})
+GOING_AWAY = 1001
+
+WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+def is_upgrade(request: web.Request) -> bool:
+    """Return whether the request asks to upgrade to a WebSocket."""
+    if request.method != "GET" or request.headers.get("Upgrade", "").lower() != "websocket":
+        return False
+    tokens = {
+        token.strip().lower()
+        for value in request.headers.getall("Connection", ())
+        for token in value.split(",")
+    }
+    return "upgrade" in tokens
+
+
+def offered_protocols(request: web.Request) -> tuple[str, ...]:
+    """Return the subprotocols the client offers, in its order of preference."""
+    return tuple(
+        token.strip()
+        for value in request.headers.getall("Sec-WebSocket-Protocol", ())
+        for token in value.split(",")
+        if token.strip()
+    )
+
+
+def handshake_trace() -> aiohttp.TraceConfig:
+    """Create the client trace hook that records each WebSocket handshake's headers."""
+    trace = aiohttp.TraceConfig()
+    trace.on_request_end.append(_record_handshake)
+    return trace
+
+
+async def _record_handshake(
+    session: aiohttp.ClientSession,
+    context: SimpleNamespace,
+    params: aiohttp.TraceRequestEndParams,
+) -> None:
+    slot = _handshake_headers.get()
+    if slot is not None:
+        slot.append(params.response.headers)
+
+
+async def connect(
+    session: aiohttp.ClientSession,
+    url: URL,
+    *,
+    headers: CIMultiDict[str],
+    protocols: tuple[str, ...],
+    max_msg_size: int,
+) -> tuple[aiohttp.ClientWebSocketResponse, CIMultiDictProxy[str]]:
+    """Open the upstream WebSocket.
+
+    Args:
+        session: the forwarder's client session.
+        url: the upstream URL, already encoded.
+        headers: the upstream request headers, without the client's handshake headers.
+        protocols: the subprotocols the client offered.
+        max_msg_size: the largest message accepted from the upstream, in bytes.
+
+    Returns:
+        The upstream WebSocket and the headers of its 101 response.
+
+    Raises:
+        aiohttp.WSServerHandshakeError: the upstream answered without switching protocols.
+        aiohttp.ClientError: the connection failed.
+    """
+    slot: list[CIMultiDictProxy[str]] = []
+    token = _handshake_headers.set(slot)
+    try:
+        upstream = await session.ws_connect(
+            url,
+            headers=headers,
+            protocols=protocols,
+            compress=0,
+            max_msg_size=max_msg_size,
+        )
+    finally:
+        _handshake_headers.reset(token)
+    handshake = slot[-1] if slot else CIMultiDictProxy(CIMultiDict())
+    return upstream, handshake
+
+
+async def relay(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
+    """Copy messages both ways until either side closes, then close the other side."""
+    pumps = [
+        asyncio.create_task(_pump(client, upstream, sink_name="upstream")),
+        asyncio.create_task(_pump(upstream, client, sink_name="client")),
+    ]
+    try:
+        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pump in pumps:
+            pump.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+        await upstream.close(code=GOING_AWAY)
+        await client.close(code=GOING_AWAY)
+
+
+async def _pump(source: WebSocket, sink: WebSocket, *, sink_name: str) -> None:
+    """Copy messages from ``source`` to ``sink``; on a close, close ``sink`` the same way."""
+    code, reason = GOING_AWAY, b""
+    while True:
+        message = await source.receive()
+        if message.type is WSMsgType.CLOSE:
+            code, reason = message.data, (message.extra or "").encode()
+            break
+        if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+            # CLOSING, CLOSED or ERROR: the peer went away without a close frame.
+            break
+        try:
+            if message.type is WSMsgType.TEXT:
+                await sink.send_str(message.data)
+            else:
+                await sink.send_bytes(message.data)
+        except ConnectionResetError:
+            log.info("websocket_peer_gone", side=sink_name)
+            return
+    if code in RESERVED_CLOSE_CODES:
+        code = GOING_AWAY
+    await sink.close(code=code, message=reason)
