@@ -30,15 +30,23 @@ TENANT = "demo"
 GRANT = 5
 
 
-def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(command, env=env, cwd=ROOT, start_new_session=True)  # noqa: S603
+LOG_DIR = ROOT / ".gatekeeper"
+
+
+def _start(command: list[str], env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
+    LOG_DIR.mkdir(exist_ok=True)
+    with (LOG_DIR / log_name).open("wb") as log_file:
+        return subprocess.Popen(  # noqa: S603 - fixed argument list
+            command, env=env, cwd=ROOT, start_new_session=True,
+            stdout=log_file, stderr=subprocess.STDOUT,
+        )
 
 
 async def _wait_ready(session: aiohttp.ClientSession, url: str, children: list[subprocess.Popen[bytes]]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if any(child.poll() is not None for child in children):
-            raise RuntimeError("a demo process exited early; see its output above")
+            raise RuntimeError(f"a demo process exited early; see the logs in {LOG_DIR}")
         try:
             async with session.get(url) as response:
                 if response.status == 200:
@@ -81,9 +89,12 @@ def run_demo(*, wait: bool = True) -> int:
     env.setdefault("GATEKEEPER_LOG_FORMAT", "console")
 
     children = [
-        _start([sys.executable, str(SAMPLE_API), "--port", "8081"], env),
-        _start([sys.executable, "-m", "gatekeeper", "serve", "--config", str(CONFIG)], env),
+        _start([sys.executable, str(SAMPLE_API), "--port", "8081"], env, "demo-upstream.log"),
+        _start([sys.executable, "-m", "gatekeeper", "serve", "--config", str(CONFIG)], env,
+               "demo-gateway.log"),
     ]
+    print(f"Started the sample API on 127.0.0.1:8081 and gatekeeper on {PROXY} "
+          f"(admin {ADMIN}); logs in {LOG_DIR}/demo-*.log")
     token = mint_token(env["GATEKEEPER_DEMO_JWT_SECRET"], tenant=TENANT,
                        issuer="gatekeeper-demo", ttl_s=24 * 3600)
     try:
@@ -95,6 +106,7 @@ def run_demo(*, wait: bool = True) -> int:
         print(f'  curl -s -X POST -H "Authorization: Bearer $ADMIN_TOKEN" '
               f'-H "Idempotency-Key: $(date +%s%N)" -H "Content-Type: application/json" '
               f"-d '{{\"tickets\": 10}}' {ADMIN}/admin/v1/pools/{TENANT}/grants\n")
+        print(f"  tail -f {LOG_DIR}/demo-gateway.log    # one line per request\n")
         if wait:
             print("Press Ctrl-C to stop.")
             children[1].wait()
