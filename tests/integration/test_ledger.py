@@ -43,17 +43,17 @@ async def test_charge_takes_tickets(ledger: Ledger) -> None:
     assert await balance(ledger, "acme") == 7
 
 
-async def test_refused_charge_changes_nothing(ledger: Ledger, redis_sync: redis.Redis) -> None:
+async def test_refused_charge_changes_nothing(ledger: Ledger, ledger_store: redis.Redis) -> None:
     await grant(ledger, "acme", 2, "g1")
     result = await ledger.charge(charge("acme", 3, "c1"))
     assert not result.allowed
     assert result.balance == 2
     assert result.cost == 3
     assert await balance(ledger, "acme") == 2
-    assert redis_sync.exists("gk:{acme}:charge:c1") == 0
-    assert redis_sync.hget("gk:{acme}:usage", next(
-        f for f in redis_sync.hkeys("gk:{acme}:usage") if f.endswith("|chat|refused"))) == "1"
-    assert not [f for f in redis_sync.hkeys("gk:{acme}:usage") if f.endswith("|tickets")]
+    assert ledger_store.exists("gk:{acme}:charge:c1") == 0
+    assert ledger_store.hget("gk:{acme}:usage", next(
+        f for f in ledger_store.hkeys("gk:{acme}:usage") if f.endswith("|chat|refused"))) == "1"
+    assert not [f for f in ledger_store.hkeys("gk:{acme}:usage") if f.endswith("|tickets")]
 
 
 async def test_first_existing_candidate_pays(ledger: Ledger) -> None:
@@ -120,29 +120,29 @@ async def test_charge_takes_earliest_expiry_first(ledger: Ledger) -> None:
 
 
 async def test_expired_tickets_leave_balance(
-    ledger: Ledger, expire_grant: Callable[[str, str], None], redis_sync: redis.Redis
+    ledger: Ledger, expire_grant: Callable[[str, str], None], ledger_store: redis.Redis
 ) -> None:
     await grant(ledger, "acme", 10, "g1")
     soon = await grant(ledger, "acme", 7, "g2", LATER)
     await ledger.charge(charge("acme", 2, "c1"))
     expire_grant("acme", soon)
     assert await balance(ledger, "acme") == 10
-    expired = [f for f in redis_sync.hkeys("gk:{acme}:usage") if f.endswith("|*|expired")]
-    assert [redis_sync.hget("gk:{acme}:usage", f) for f in expired] == ["5"]
+    expired = [f for f in ledger_store.hkeys("gk:{acme}:usage") if f.endswith("|*|expired")]
+    assert [ledger_store.hget("gk:{acme}:usage", f) for f in expired] == ["5"]
 
 
 async def test_refund_to_expired_grant_counts_expired(
-    ledger: Ledger, expire_grant: Callable[[str, str], None], redis_sync: redis.Redis
+    ledger: Ledger, expire_grant: Callable[[str, str], None], ledger_store: redis.Redis
 ) -> None:
     soon = await grant(ledger, "acme", 5, "g1", LATER)
     await ledger.charge(charge("acme", 3, "c1"))
     expire_grant("acme", soon)
     record = "gk:{acme}:charge:c1"
-    debits = str(redis_sync.hget(record, "debits"))
-    redis_sync.hset(record, "debits", debits.rsplit(",", 1)[0] + ",1000")
+    debits = str(ledger_store.hget(record, "debits"))
+    ledger_store.hset(record, "debits", debits.rsplit(",", 1)[0] + ",1000")
     assert await ledger.refund("acme", "c1") == 0
-    expired = [f for f in redis_sync.hkeys("gk:{acme}:usage") if f.endswith("|*|expired")]
-    assert sum(int(redis_sync.hget("gk:{acme}:usage", f)) for f in expired) == 5
+    expired = [f for f in ledger_store.hkeys("gk:{acme}:usage") if f.endswith("|*|expired")]
+    assert sum(int(ledger_store.hget("gk:{acme}:usage", f)) for f in expired) == 5
 
 
 async def test_refund_restores_spent_grant(ledger: Ledger) -> None:
@@ -182,19 +182,21 @@ async def test_concurrent_charges_share_round_trip(ledger: Ledger) -> None:
     assert await balance(ledger, "acme") == 1
 
 
-async def test_script_flush_reloads(ledger: Ledger, redis_sync: redis.Redis) -> None:
+async def test_script_flush_reloads(ledger: Ledger, ledger_store: redis.Redis) -> None:
     await grant(ledger, "acme", 10, "g1")
-    redis_sync.script_flush()
+    ledger_store.script_flush()
     await asyncio.gather(*(ledger.charge(charge("acme", 1, f"c{i}")) for i in range(3)))
-    redis_sync.script_flush()
+    ledger_store.script_flush()
     assert await ledger.refund("acme", "c0") == 8
     assert await balance(ledger, "acme") == 8
 
 
-async def test_scripts_called_by_sha(ledger: Ledger, redis_sync: redis.Redis) -> None:
+async def test_scripts_called_by_sha(redis_url: str, redis_sync: redis.Redis) -> None:
+    ledger = Ledger(await connect_redis(redis_url, timeout_ms=2000, max_connections=4))
     await grant(ledger, "acme", 10, "g1")
     redis_sync.config_resetstat()
     await asyncio.gather(*(ledger.charge(charge("acme", 1, f"c{i}")) for i in range(5)))
+    await ledger.close()
     stats = redis_sync.info("commandstats")
     assert stats["cmdstat_evalsha"]["calls"] == 5
     assert "cmdstat_eval" not in stats

@@ -1,8 +1,8 @@
-"""The admin API: pools, grants, health; served on its own listener.
+"""The admin API: pools, grants, transfers, usage, audit and health, on its own listener.
 
-``build_admin_app`` assembles the aiohttp application; handlers live by resource in
-``pools`` and ``health``; request parsing in ``requests`` and ``schemas``; idempotency
-keys in ``idempotency``.
+``build_admin_app`` assembles the aiohttp application. Handlers live by resource in
+``pools``, ``transfers``, ``records`` and ``health``. Request parsing is in ``requests`` and
+``schemas``, idempotency keys in ``idempotency``.
 """
 
 from gatekeeper.admin.app import build_admin_app

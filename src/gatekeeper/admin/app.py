@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import structlog
 from aiohttp import web
 
-from gatekeeper.admin import health, pools
+from gatekeeper.admin import health, pools, records, transfers
 from gatekeeper.admin.context import ACTOR, IDEMPOTENCY, READY, TOKENS
 from gatekeeper.admin.idempotency import IdempotencyKeys
 from gatekeeper.appkeys import LEDGER
@@ -115,4 +115,6 @@ def build_admin_app(
     app[IDEMPOTENCY] = IdempotencyKeys(ledger)
     health.add_routes(app)
     pools.add_routes(app)
+    transfers.add_routes(app)
+    records.add_routes(app)
     return app

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from aiohttp import web
 
-from gatekeeper.errors import Conflict, Unprocessable
+from gatekeeper.admin.context import IDEMPOTENCY
+from gatekeeper.admin.requests import idempotency_key
+from gatekeeper.errors import Conflict, GatekeeperError, LedgerUnavailable, Unprocessable
 from gatekeeper.ledger import Ledger
 from gatekeeper.ledger.client import wrap_redis_errors
 
@@ -102,3 +106,33 @@ class IdempotencyKeys:
         """Drop the claim of a request that failed, so that a retry can run."""
         with wrap_redis_errors("release_idempotency_key", tenant=tenant, key=key):
             await self._client.delete(self._keys.idempotency(tenant, key))
+
+
+Operation = Callable[[], Awaitable[StoredResponse]]
+
+
+async def run_idempotent(request: web.Request, tenant: str, body: Any,
+                         operation: Operation) -> web.Response:
+    """Run ``operation`` once per idempotency key and return its stored response.
+
+    Args:
+        request: the admin request, with its ``Idempotency-Key`` header.
+        tenant: scope of the key.
+        body: the parsed JSON body, part of the request's fingerprint.
+        operation: the money movement; returns the response to store.
+    """
+    key = idempotency_key(request)
+    keys = request.app[IDEMPOTENCY]
+    request_hash = fingerprint(request.method, request.path, body)
+    stored = await keys.claim(tenant, key, request_hash)
+    if stored is not None:
+        log.info("admin_idempotent_replay", tenant=tenant, key=key, status=stored.status)
+        return web.json_response(stored.body, status=stored.status,
+                                 headers={"Idempotent-Replayed": "true"})
+    try:
+        response = await operation()
+    except (GatekeeperError, LedgerUnavailable):
+        await keys.release(tenant, key)
+        raise
+    await keys.store(tenant, key, request_hash, response)
+    return web.json_response(response.body, status=response.status)

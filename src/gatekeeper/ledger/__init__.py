@@ -6,7 +6,7 @@ wraps Redis errors as ``LedgerUnavailable``.
 """
 
 from gatekeeper.ledger.client import connect_redis, mask_url
-from gatekeeper.ledger.ledger import GrantExpired, Ledger
+from gatekeeper.ledger.ledger import GrantExpired, InsufficientTickets, Ledger, UnknownPool
 from gatekeeper.ledger.models import ChargeRequest, ChargeResult, GrantResult
 
 __all__ = [
@@ -14,7 +14,9 @@ __all__ = [
     "ChargeResult",
     "GrantExpired",
     "GrantResult",
+    "InsufficientTickets",
     "Ledger",
+    "UnknownPool",
     "connect_redis",
     "mask_url",
 ]

@@ -9,6 +9,7 @@ the pipeline by node and sends the parts concurrently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,10 +38,13 @@ class ChargeBatcher:
     Args:
         client: the ledger's Redis client.
         script: the registered ``charge`` script.
+        limit: the ledger's connection limit (see ``client.call_limit``).
     """
 
-    def __init__(self, client: RedisClient, script: lua.Script) -> None:
+    def __init__(self, client: RedisClient, script: lua.Script,
+                 limit: contextlib.AbstractAsyncContextManager[Any]) -> None:
         self._client = client
+        self._limit = limit
         self._script = script
         self._pending: list[_Call] = []
         self._flushes: set[asyncio.Task[None]] = set()
@@ -66,7 +70,8 @@ class ChargeBatcher:
 
     async def _flush(self, batch: list[_Call]) -> None:
         try:
-            await self._send(batch, attempt_reload=True)
+            async with self._limit:
+                await self._send(batch, attempt_reload=True)
         except REDIS_ERRORS as error:
             log.warning("ledger_batch_failed", size=len(batch), error=str(error),
                         error_type=type(error).__name__,

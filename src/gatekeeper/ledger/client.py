@@ -88,6 +88,19 @@ async def connect_redis(url: str, *, timeout_ms: int, max_connections: int) -> R
     return client
 
 
+def call_limit(client: RedisClient) -> contextlib.AbstractAsyncContextManager[Any]:
+    """Return a context, shared by one ledger's calls, that queues calls beyond the limit.
+
+    A ``BlockingConnectionPool`` queues by itself. redis-py's asyncio ``RedisCluster`` raises
+    ``MaxConnectionsError`` instead, so cluster calls wait for a slot of a semaphore sized
+    to ``max_connections``; each call (or batch) needs at most one connection per node.
+    """
+    if isinstance(client, RedisCluster):
+        limit = int(client.nodes_manager.connection_kwargs.get("max_connections") or 1)
+        return asyncio.Semaphore(limit)
+    return contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def wrap_redis_errors(operation: str, **ids: object) -> Iterator[None]:
     """Turn a Redis client error into ``LedgerUnavailable``, chained, and log it once.

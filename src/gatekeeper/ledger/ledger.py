@@ -14,7 +14,7 @@ import structlog
 from gatekeeper.errors import LedgerUnavailable
 from gatekeeper.ledger import lua
 from gatekeeper.ledger.batch import ChargeBatcher
-from gatekeeper.ledger.client import RedisClient, wrap_redis_errors
+from gatekeeper.ledger.client import RedisClient, call_limit, wrap_redis_errors
 from gatekeeper.ledger.keys import KeyBuilder, split_pool
 from gatekeeper.ledger.models import (
     ChargeRequest,
@@ -39,6 +39,19 @@ class GrantExpired(ValueError):
     """A grant whose ``expires_at`` has already passed on the Redis clock."""
 
 
+class UnknownPool(LookupError):
+    """A pool that does not exist."""
+
+
+class InsufficientTickets(ValueError):
+    """A transfer larger than the source pool's balance."""
+
+    def __init__(self, pool: str, balance: int, tickets: int) -> None:
+        super().__init__(f"pool {pool!r} has {balance} tickets, fewer than {tickets}")
+        self.pool = pool
+        self.balance = balance
+
+
 class Ledger:
     """Ticket pools in Redis.
 
@@ -56,7 +69,8 @@ class Ledger:
         self.keys = KeyBuilder(key_prefix)
         self.charge_ttl_s = charge_ttl_s
         self.scripts = lua.load_scripts()
-        self._batcher = ChargeBatcher(client, self.scripts["charge"])
+        self._limit = call_limit(client)
+        self._batcher = ChargeBatcher(client, self.scripts["charge"], self._limit)
         self._registered = False
 
     async def _register_scripts(self) -> None:
@@ -76,8 +90,9 @@ class Ledger:
 
     async def _run(self, name: str, keys: list[str], args: list[Any], **ids: object) -> Any:
         await self._register_scripts()
-        with wrap_redis_errors(name, **ids):
-            return await lua.run(self.client, self.scripts[name], keys, args)
+        async with self._limit:
+            with wrap_redis_errors(name, **ids):
+                return await lua.run(self.client, self.scripts[name], keys, args)
 
     def _pool_keys(self, pools: list[str]) -> list[str]:
         keys: list[str] = []
@@ -131,8 +146,9 @@ class Ledger:
         """Return the keys and pool names a refund or settle needs, or None if unknown."""
         validate_token_id(charge_id, "charge_id")
         record = self.keys.charge(tenant, charge_id)
-        with wrap_redis_errors("read_charge", tenant=tenant, charge_id=charge_id):
-            pool = await self.client.hget(record, "pool")
+        async with self._limit:
+            with wrap_redis_errors("read_charge", tenant=tenant, charge_id=charge_id):
+                pool = await self.client.hget(record, "pool")
         if pool is None:
             return None
         named = self._with_parents([str(pool)])
@@ -168,8 +184,8 @@ class Ledger:
         pool as far as its balance and overdraft allow.
 
         Returns:
-            The tickets charged in total after settling; 0 for an unknown, refused or
-            refunded charge.
+            The charged pool's balance after settling.
+            NOTE: 0 for an unknown, refused or refunded charge, whose pool is not read.
 
         Raises:
             ValueError: for an actual cost that is not a ticket count.
@@ -184,7 +200,9 @@ class Ledger:
                                 charge_id=charge_id)
         if not reply:
             return 0
-        return int(reply[0])
+        log.info("ledger_settled", tenant=tenant, charge_id=charge_id, pool=named[0],
+                 tickets=int(reply[0]), balance=int(reply[1]))
+        return int(reply[1])
 
     async def grant(self, pool: str, tickets: int, *, expires_at: datetime | None,
                     note: str | None, actor: str, idempotency_key: str) -> GrantResult:
@@ -235,6 +253,75 @@ class Ledger:
         log.info("ledger_granted", pool=pool, grant=grant_id, tickets=tickets, actor=actor,
                  replayed=result.replayed, balance=result.balance)
         return result
+
+    async def transfer(self, source: str, target: str, tickets: int, *, actor: str,
+                       idempotency_key: str) -> tuple[int, int, bool]:
+        """Move tickets between two pools of one tenant, keeping their expiry dates.
+
+        Runs exactly once per idempotency key; the target pool is created when missing.
+
+        Returns:
+            The source balance, the target balance and whether this call was a replay.
+
+        Raises:
+            ValueError: for pools of different tenants, the same pool twice, or an invalid
+                ticket count or key.
+            UnknownPool: when the source pool does not exist.
+            InsufficientTickets: when the source balance is lower than ``tickets``.
+            LedgerUnavailable: when a Redis call fails or times out.
+        """
+        tenant, _team = split_pool(source)
+        if split_pool(target)[0] != tenant:
+            raise ValueError(f"pools {source!r} and {target!r} belong to different tenants")
+        if source == target:
+            raise ValueError(f"a transfer needs two different pools, got {source!r} twice")
+        validate_tickets(tickets)
+        validate_token_id(idempotency_key, "idempotency key")
+        keys = [
+            self.keys.operation(tenant, idempotency_key),
+            self.keys.pools(tenant),
+            self.keys.audit(tenant),
+            self.keys.usage(tenant),
+            self.keys.usage_index(tenant),
+            *self.keys.pool(source).as_list(),
+            *self.keys.pool(target).as_list(),
+        ]
+        args = [source, target, tickets, actor, idempotency_key, OPERATION_TTL_S,
+                parent_of(target) or ""]
+        reply = await self._run("transfer", keys, args, tenant=tenant, source=source,
+                                target=target)
+        status, source_balance, target_balance, replayed = reply
+        if status == "missing":
+            raise UnknownPool(f"pool {source!r} does not exist")
+        if status == "insufficient":
+            raise InsufficientTickets(source, int(source_balance), tickets)
+        log.info("ledger_transferred", source=source, target=target, tickets=tickets,
+                 actor=actor, replayed=int(replayed) == 1)
+        return int(source_balance), int(target_balance), int(replayed) == 1
+
+    async def configure_pool(self, pool: str, settings: dict[str, str], *, actor: str,
+                             change: str) -> bool:
+        """Set pool settings, creating the pool when it does not exist.
+
+        Args:
+            pool: the pool id.
+            settings: hash fields to set (see ``keys``); an empty value removes one.
+            actor: who changed them, for the audit stream.
+            change: the requested change as JSON text, for the audit stream.
+
+        Returns:
+            True when the pool was created.
+
+        Raises:
+            LedgerUnavailable: when a Redis call fails or times out.
+        """
+        tenant, _team = split_pool(pool)
+        keys = [self.keys.pools(tenant), self.keys.audit(tenant), *self.keys.pool(pool).as_list()]
+        pairs = [item for field_value in settings.items() for item in field_value]
+        args = [pool, actor, parent_of(pool) or "", change, *pairs]
+        reply = await self._run("configure_pool", keys, args, tenant=tenant, pool=pool)
+        log.info("ledger_pool_configured", pool=pool, actor=actor, change=change)
+        return int(reply[0]) == 1
 
     async def get_pool(self, pool: str) -> dict[str, Any] | None:
         """Return the pool object at this moment, or None for an unknown pool.

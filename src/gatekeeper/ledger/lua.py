@@ -25,6 +25,8 @@ SCRIPT_FILES = {
     "refund": "refund.lua",
     "settle": "settle.lua",
     "grant": "grant.lua",
+    "transfer": "transfer.lua",
+    "configure_pool": "configure_pool.lua",
     "read_pool": "read_pool.lua",
 }
 SHARED_FILE = "_pool.lua"
