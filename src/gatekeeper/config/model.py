@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -106,8 +107,24 @@ class JwtIssuer(Model):
     tenant_claim: StrictStr = "tenant_id"
     team_claim: StrictStr | None = None
     scope_claim: StrictStr = "scope"
+    # Claims a token must carry besides those implied by issuer and audience.
+    required_claims: tuple[StrictStr, ...] = ("exp",)
 
     _audience_list = field_validator("audience", mode="before")(_as_tuple)
+
+    @field_validator("issuer")
+    @classmethod
+    def _check_issuer(cls, value: str | None) -> str | None:
+        if value == "":
+            raise ValueError("must not be empty. Leave it out to accept any iss.")
+        return value
+
+    @field_validator("audience")
+    @classmethod
+    def _check_audience(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and (not value or not all(value)):
+            raise ValueError("must name at least one non-empty audience, or be left out")
+        return value
 
     @field_validator("algorithms")
     @classmethod
@@ -121,6 +138,44 @@ class JwtIssuer(Model):
                 raise ValueError("'none' is never accepted")
             if name not in supported:
                 raise ValueError(f"unsupported algorithm {name!r}; use one of {sorted(supported)}")
+        return value
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _check_jwks_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        url = urlsplit(value)
+        if url.scheme == "https" and url.hostname:
+            return value
+        if url.scheme == "http" and url.hostname and cls._is_loopback(url.hostname):
+            return value
+        raise ValueError(
+            "must be an https:// URL, because http:// is accepted only for localhost, "
+            "127.0.0.0/8 and ::1"
+        )
+
+    @staticmethod
+    def _is_loopback(host: str) -> bool:
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    @field_validator("tenant_claim", "team_claim", "scope_claim")
+    @classmethod
+    def _check_claim_path(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip("."):
+            raise ValueError("must name a claim, such as 'tenant_id' or 'org.id'")
+        return value
+
+    @field_validator("required_claims")
+    @classmethod
+    def _check_required_claims(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if "exp" not in value:
+            raise ValueError("must include 'exp', because tokens without expiry are never accepted")
         return value
 
     @model_validator(mode="after")
@@ -138,6 +193,8 @@ class JwtIssuer(Model):
 
 class Auth(Model):
     jwt: tuple[JwtIssuer, ...] = ()
+    # Maximum number of verified tokens kept in memory; 0 turns the cache off.
+    token_cache_size: Annotated[int, Field(strict=True, ge=0, le=10_000_000)] = 10_000
 
     _jwt_list = field_validator("jwt", mode="before")(_as_tuple)
 
