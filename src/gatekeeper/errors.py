@@ -6,6 +6,7 @@ builds an error body by hand and no stack trace ever reaches a client.
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 PROBLEM_BASE = "https://gatekeeper.dev/problems/"
@@ -72,23 +73,57 @@ class MissingToken(Unauthorized):
 
 
 class InvalidToken(Unauthorized):
+    """A bearer token that failed verification. ``detail`` names the failed check."""
+
     slug = "invalid-token"
     title = "Invalid bearer token"
 
     def __init__(self, detail: str) -> None:
-        # The description is a fixed phrase per failure kind, never token content.
-        description = detail.replace('"', "'")
         super().__init__(
             detail,
             challenge=f'Bearer realm="gatekeeper", error="invalid_token", '
-            f'error_description="{description}"',
+            f'error_description="{self._quoted_string_safe(detail)}"',
         )
+
+    @staticmethod
+    def _quoted_string_safe(text: str) -> str:
+        # Callers pass a fixed phrase per failure kind, never token content. Characters that
+        # could end the quoted string or the header line are still replaced, so that a
+        # mistake cannot produce a broken or injected response header.
+        safe: list[str] = []
+        for char in text:
+            if char == '"':
+                safe.append("'")
+            elif char == "\\" or not " " <= char <= "~":
+                safe.append(" ")
+            else:
+                safe.append(char)
+        return "".join(safe)
 
 
 class Forbidden(GatekeeperError):
+    """A valid token that may not use the route, such as one that lacks a required scope."""
+
     status = 403
     slug = "insufficient-scope"
     title = "Insufficient scope"
+
+    # A scope-token as defined by RFC 6749 section 3.3: printable ASCII without space,
+    # double quote or backslash, so it can stand inside a quoted header value.
+    _SCOPE_TOKEN: ClassVar[re.Pattern[str]] = re.compile(r"[!#-\[\]-~]+")
+
+    def __init__(
+        self, detail: str, *, required_scopes: tuple[str, ...] = (), **extra: Any
+    ) -> None:
+        headers: dict[str, str] = {}
+        if required_scopes:
+            # RFC 6750 section 3.1: the challenge names the scopes the resource requires.
+            # Names outside the scope-token grammar stay in the detail only.
+            scope = " ".join(s for s in required_scopes if self._SCOPE_TOKEN.fullmatch(s))
+            headers["WWW-Authenticate"] = (
+                f'Bearer realm="gatekeeper", error="insufficient_scope", scope="{scope}"'
+            )
+        super().__init__(detail, headers=headers, **extra)
 
 
 class PaymentRequired(GatekeeperError):
