@@ -28,6 +28,8 @@ _handshake_headers: ContextVar[list[CIMultiDictProxy[str]] | None] = ContextVar(
 # Close codes that may not be sent in a close frame (RFC 6455 section 7.4.1).
 RESERVED_CLOSE_CODES = frozenset({1005, 1006, 1015})
 GOING_AWAY = 1001
+# Upper bound on passing a close handshake on, after one side has closed.
+CLOSE_TIMEOUT_S = 10.0
 
 WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 
@@ -112,40 +114,64 @@ async def connect(
 
 
 async def relay(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
-    """Copy messages both ways until either side closes, then close the other side."""
+    """Copy messages both ways until either side closes, then close the other side the same way.
+
+    The pump that sees a close frame passes its code on. Closing a WebSocket that the other
+    pump is reading from ends that pump's ``receive`` with ``CLOSING``, so both pumps finish.
+    The close codes are also recorded, because the handler may be cancelled (the client's
+    TCP connection closing right after its close frame) before a pump has passed one on.
+    """
+    close_with: dict[str, tuple[int, bytes]] = {}
     pumps = [
-        asyncio.create_task(_pump(client, upstream, sink_name="upstream")),
-        asyncio.create_task(_pump(upstream, client, sink_name="client")),
+        asyncio.create_task(_pump(client, upstream, close_with, sink_name="upstream")),
+        asyncio.create_task(_pump(upstream, client, close_with, sink_name="client")),
     ]
     try:
         await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        # The other pump may still be passing on the close handshake.
+        await asyncio.wait(pumps, timeout=CLOSE_TIMEOUT_S)
     finally:
         for pump in pumps:
             pump.cancel()
         await asyncio.gather(*pumps, return_exceptions=True)
-        await upstream.close(code=GOING_AWAY)
-        await client.close(code=GOING_AWAY)
+        code, reason = close_with.get("upstream", (GOING_AWAY, b""))
+        await upstream.close(code=code, message=reason)
+        code, reason = close_with.get("client", (GOING_AWAY, b""))
+        await client.close(code=code, message=reason)
 
 
-async def _pump(source: WebSocket, sink: WebSocket, *, sink_name: str) -> None:
-    """Copy messages from ``source`` to ``sink``; on a close, close ``sink`` the same way."""
-    code, reason = GOING_AWAY, b""
+async def _pump(
+    source: WebSocket,
+    sink: WebSocket,
+    close_with: dict[str, tuple[int, bytes]],
+    *,
+    sink_name: str,
+) -> None:
+    """Copy messages from ``source`` to ``sink``, then pass on how ``source`` ended."""
     while True:
         message = await source.receive()
-        if message.type is WSMsgType.CLOSE:
-            code, reason = message.data, (message.extra or "").encode()
-            break
-        if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-            # CLOSING, CLOSED or ERROR: the peer went away without a close frame.
-            break
-        try:
-            if message.type is WSMsgType.TEXT:
-                await sink.send_str(message.data)
-            else:
-                await sink.send_bytes(message.data)
-        except ConnectionResetError:
-            log.info("websocket_peer_gone", side=sink_name)
+        if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            try:
+                await _send(sink, message)
+            except ConnectionResetError:
+                log.info("websocket_peer_gone", side=sink_name)
+                return
+            continue
+        if message.type is WSMsgType.CLOSING:
+            # The other pump is closing ``source``; it passes the close on itself.
             return
-    if code in RESERVED_CLOSE_CODES:
-        code = GOING_AWAY
-    await sink.close(code=code, message=reason)
+        if message.type is WSMsgType.CLOSE and message.data not in RESERVED_CLOSE_CODES:
+            close_with[sink_name] = (message.data, (message.extra or "").encode())
+        else:
+            # CLOSED, ERROR, or a close frame without a sendable code: the peer went away.
+            close_with[sink_name] = (GOING_AWAY, b"")
+        code, reason = close_with[sink_name]
+        await sink.close(code=code, message=reason)
+        return
+
+
+async def _send(sink: WebSocket, message: aiohttp.WSMessage) -> None:
+    if message.type is WSMsgType.TEXT:
+        await sink.send_str(message.data)
+    else:
+        await sink.send_bytes(message.data)

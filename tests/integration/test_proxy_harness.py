@@ -33,6 +33,7 @@ from gatekeeper.routing import Router, normalize_path
 ServerFactory = Callable[..., Awaitable[TestServer]]
 EXTRA_HEADERS = {"Ticket-Cost": "1", "Ticket-Balance": "99"}
 FAILURE_STATUS = {"connect_error": 502, "timeout": 504}
+GET = b"GET / HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n"
 
 
 @dataclass
@@ -78,7 +79,9 @@ async def start_gateway(
         for name, spec in upstreams.items()
     }
     route_specs = routes or [{"name": "all", "match": {"path_prefix": "/"}, "upstream": "up"}]
-    route_models = [Route.model_validate({"auth": "none", "cost": 0, **spec}) for spec in route_specs]
+    route_models = [
+        Route.model_validate({"auth": "none", "cost": 0, **spec}) for spec in route_specs
+    ]
     proxy_model = Proxy.model_validate(proxy or {})
     options = {"clock": clock} if clock is not None else {}
     forwarder = Forwarder(upstream_models, proxy_model, **options)

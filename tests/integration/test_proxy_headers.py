@@ -8,6 +8,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from tests.integration.test_proxy_harness import (
+    GET,
     ServerFactory,
     exchange,
     header_values,
@@ -17,6 +18,8 @@ from tests.integration.test_proxy_harness import (
     recording_upstream,
     start_gateway,
 )
+
+GET_API_HOST = b"GET / HTTP/1.1\r\nHost: api.example\r\nConnection: close\r\n\r\n"
 
 
 async def test_hop_by_hop_request_dropped(aiohttp_server: ServerFactory) -> None:
@@ -54,7 +57,7 @@ async def test_hop_by_hop_response_dropped(aiohttp_server: ServerFactory) -> Non
 
     async with raw_upstream(answer) as url:
         gateway = await start_gateway(aiohttp_server, upstreams={"up": url})
-        raw = await exchange(gateway.port, b"GET / HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n")
+        raw = await exchange(gateway.port, GET)
     status, headers, body = parse_response(raw)
     assert status == 200
     assert body == b"ok"
@@ -94,14 +97,14 @@ async def test_upstream_cookies_not_stored(aiohttp_server: ServerFactory) -> Non
     url, seen = await recording_upstream(aiohttp_server, headers=cookies)
     gateway = await start_gateway(aiohttp_server, upstreams={"up": url})
     for _ in range(2):
-        await exchange(gateway.port, b"GET / HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n")
+        await exchange(gateway.port, GET)
     assert "Cookie" not in seen[1].headers
 
 
 async def test_host_is_upstreams_own(aiohttp_server: ServerFactory) -> None:
     url, seen = await recording_upstream(aiohttp_server)
     gateway = await start_gateway(aiohttp_server, upstreams={"up": url})
-    await exchange(gateway.port, b"GET / HTTP/1.1\r\nHost: api.example\r\nConnection: close\r\n\r\n")
+    await exchange(gateway.port, GET_API_HOST)
     assert seen[0].headers["Host"] == url.removeprefix("http://")
     assert seen[0].headers.getall("X-Forwarded-Host") == ["api.example"]
 
@@ -110,7 +113,7 @@ async def test_preserve_host(aiohttp_server: ServerFactory) -> None:
     url, seen = await recording_upstream(aiohttp_server)
     upstream = {"url": url, "preserve_host": True}
     gateway = await start_gateway(aiohttp_server, upstreams={"up": upstream})
-    await exchange(gateway.port, b"GET / HTTP/1.1\r\nHost: api.example\r\nConnection: close\r\n\r\n")
+    await exchange(gateway.port, GET_API_HOST)
     assert seen[0].headers.getall("Host") == ["api.example"]
 
 
@@ -181,7 +184,7 @@ async def test_identity_team_set(aiohttp_server: ServerFactory) -> None:
     gateway = await start_gateway(
         aiohttp_server, upstreams={"up": url}, identity=("acme", "ml", "acme/ml")
     )
-    await exchange(gateway.port, b"GET / HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n")
+    await exchange(gateway.port, GET)
     assert seen[0].headers.getall("Gatekeeper-Team") == ["ml"]
 
 
@@ -216,7 +219,7 @@ async def test_extra_headers_on_response(aiohttp_server: ServerFactory) -> None:
     """on_headers runs once with the upstream's status, and its headers reach the client."""
     url, _ = await recording_upstream(aiohttp_server, status=201)
     gateway = await start_gateway(aiohttp_server, upstreams={"up": url})
-    raw = await exchange(gateway.port, b"GET / HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n")
+    raw = await exchange(gateway.port, GET)
     status, headers, _ = parse_response(raw)
     assert status == 201
     assert [call[0] for call in gateway.headers_calls] == [201]
@@ -227,7 +230,7 @@ async def test_extra_headers_on_response(aiohttp_server: ServerFactory) -> None:
 async def test_upstream_5xx_passed_through(aiohttp_server: ServerFactory) -> None:
     url, _ = await recording_upstream(aiohttp_server, status=503, body=b"busy")
     gateway = await start_gateway(aiohttp_server, upstreams={"up": url})
-    raw = await exchange(gateway.port, b"GET / HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n")
+    raw = await exchange(gateway.port, GET)
     status, _, body = parse_response(raw)
     assert status == 503
     assert body == b"busy"
