@@ -62,7 +62,7 @@ def ed25519_key() -> ed25519.Ed25519PrivateKey:
 
 
 def claims(**overrides: Any) -> dict[str, Any]:
-    """Return valid claims at `NOW` for tenant ``acme``; pass ``name=DROP`` to remove one."""
+    """Return valid claims at `NOW` for tenant ``acme``. Pass ``name=DROP`` to remove one."""
     result: dict[str, Any] = {"tenant_id": "acme", "iat": int(NOW), "exp": int(NOW) + 3600}
     for name, value in overrides.items():
         if value is DROP:
@@ -143,7 +143,7 @@ def secret_issuer(**fields: Any) -> JwtIssuer:
 
 
 def count_verify_calls(monkeypatch: pytest.MonkeyPatch, algorithm: type[Algorithm]) -> list[int]:
-    """Count signature checks of ``algorithm``; the returned list grows by one per check."""
+    """Count signature checks of ``algorithm``. The returned list grows by one per check."""
     calls: list[int] = []
     original = algorithm.verify
 

@@ -1,4 +1,4 @@
-"""mint_token: tokens the gateway accepts, and inputs it refuses to sign."""
+"""mint_token: tokens the gateway accepts, and the inputs it rejects."""
 
 from __future__ import annotations
 
