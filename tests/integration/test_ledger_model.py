@@ -1,6 +1,6 @@
 """Random sequences of ledger operations, compared with a plain Python model of balances.
 
-The model knows only the documented rules (grants pay debt first, a team pool pays down to
+The model implements only the documented rules (grants pay debt first, a team pool pays down to
 its floor and borrows the rest from its tenant pool, auto-refill, reserve for ordinary and
 overdraft for critical charges, refunds return what was taken, transfers need the balance).
 It imports nothing from the ledger. Every balance is compared after every example.

@@ -40,12 +40,20 @@ def problem_response(error: GatekeeperError) -> web.Response:
                              content_type=PROBLEM_TYPE)
 
 
+class MethodNotAllowed(GatekeeperError):
+    status = 405
+    slug = "method-not-allowed"
+    title = "Method not allowed"
+
+
 def _from_http_exception(error: web.HTTPException) -> GatekeeperError:
     if error.status == 404:
         return NotFound("No admin route matches this path.")
-    problem = GatekeeperError(error.reason)
-    problem.status = error.status  # type: ignore[misc]  # one-off status from aiohttp
-    return problem
+    if isinstance(error, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(error.allowed_methods))
+        return MethodNotAllowed(f"Method {error.method} is not allowed here; use {allowed}.",
+                                headers={"Allow": allowed})
+    return GatekeeperError(f"The request failed with HTTP {error.status}: {error.reason}.")
 
 
 @web.middleware
@@ -103,7 +111,7 @@ def build_admin_app(
         ledger: the ledger to read and change.
         tokens: returns the current map of bearer token to actor name; called per request,
             so a config reload takes effect at once.
-        ready: extra readiness check for ``/readyz``; by default Redis must answer PING.
+        ready: extra readiness check for ``/readyz``; by default a Redis PING must succeed.
 
     Returns:
         The application, with routes and middlewares installed.

@@ -1,4 +1,4 @@
-"""Liveness and readiness: ``/healthz`` while the process runs, ``/readyz`` while Redis answers."""
+"""Liveness and readiness: ``/healthz`` while the process runs, ``/readyz`` while Redis PING succeeds."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Charge batching: every charge submitted in one event-loop tick goes out in one round trip.
 
 The batch is a non-transactional pipeline of EVALSHA calls, so each charge is still its own
-atomic script call and one failing entry does not fail the others. Entries answered NOSCRIPT
+atomic script call and one failing entry does not fail the others. Entries that got NOSCRIPT
 did not run, so they are resent after the script is loaded. On a cluster, redis-py splits
 the pipeline by node and sends the parts concurrently.
 """

@@ -24,7 +24,7 @@ log = structlog.get_logger("gatekeeper.ledger.client")
 
 RedisClient: TypeAlias = "Redis | RedisCluster"
 
-# Errors that mean Redis did not answer or refused the call.
+# Errors that mean a Redis call failed, timed out or was rejected.
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 CLUSTER_SCHEME = "redis+cluster://"
@@ -47,7 +47,7 @@ def _no_retries() -> Retry:
 
 
 async def connect_redis(url: str, *, timeout_ms: int, max_connections: int) -> RedisClient:
-    """Create a Redis client for the ledger and check that the server answers.
+    """Create a Redis client for the ledger and check that PING succeeds.
 
     ``redis://``, ``rediss://`` and ``unix://`` URLs get a ``BlockingConnectionPool``: a call
     that finds every connection busy waits up to ``timeout_ms`` for one. ``redis+cluster://``
@@ -92,8 +92,8 @@ def call_limit(client: RedisClient) -> contextlib.AbstractAsyncContextManager[An
     """Return a context, shared by one ledger's calls, that queues calls beyond the limit.
 
     A ``BlockingConnectionPool`` queues by itself. redis-py's asyncio ``RedisCluster`` raises
-    ``MaxConnectionsError`` instead, so cluster calls wait for a slot of a semaphore sized
-    to ``max_connections``; each call (or batch) needs at most one connection per node.
+    ``MaxConnectionsError`` instead, so cluster calls wait on a semaphore sized to
+    ``max_connections``. Each call or batch needs at most one connection per node.
     """
     if isinstance(client, RedisCluster):
         limit = int(client.nodes_manager.connection_kwargs.get("max_connections") or 1)

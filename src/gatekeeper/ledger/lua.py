@@ -1,6 +1,6 @@
 """The ledger's Lua scripts: loaded from package data, registered once, called by SHA.
 
-Each ``scripts/<verb_noun>.lua`` file is one atomic operation. ``scripts/_pool.lua`` holds
+Each ``scripts/<verb_noun>.lua`` file is one atomic operation. ``scripts/_pool.lua`` contains
 the helpers they share; it is prepended to each script, so every script is self-contained
 on the server. A server that lacks a script (after a restart, ``SCRIPT FLUSH`` or a
 failover) answers NOSCRIPT; the caller then loads it on every primary and resends.

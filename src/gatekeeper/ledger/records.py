@@ -1,7 +1,7 @@
 """Reading the ledger's records: hourly usage counters and the audit stream.
 
 Usage counters are hash fields ``<pool>|<hour>|<route>|<metric>`` in the tenant's usage hash,
-written by the charge, refund, settle and expiry steps. Route ``*`` holds pool-level metrics:
+written by the charge, refund, settle and expiry steps. Route ``*`` contains pool-level metrics:
 ``expired``, ``transfers_in`` and ``transfers_out`` (borrowing, auto-refill and the return of
 borrowed tickets on refund). The audit stream has one entry per admin mutation.
 Neither expires: gatekeeper never deletes them.
