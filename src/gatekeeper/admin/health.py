@@ -1,4 +1,7 @@
-"""Liveness and readiness: ``/healthz`` while the process runs, ``/readyz`` while Redis PING succeeds."""
+"""Liveness and readiness probes.
+
+``/healthz`` returns 200 while the process runs, ``/readyz`` while a Redis PING succeeds.
+"""
 
 from __future__ import annotations
 
