@@ -410,3 +410,17 @@ async def test_own_session_closed(jwks_http: TestServer, clock: FakeClock) -> No
 
     assert session is not None
     assert session.closed
+
+
+async def test_logged_url_hides_credentials(jwks_http: TestServer, clock: FakeClock) -> None:
+    url = jwks_http.make_url("/jwks").with_user("reader").with_password("hunter2-password")
+    issuer = JwtIssuer(algorithms=["RS256"], jwks_url=str(url))
+    authenticator = Authenticator([issuer], clock=clock)
+
+    with capture_logs() as logs:
+        await authenticator.authenticate(bearer(token("k0")))
+    await authenticator.close()
+
+    fetched = [entry for entry in logs if entry["event"] == "jwks fetched"]
+    assert fetched[0]["url"] == str(jwks_http.make_url("/jwks"))
+    assert "hunter2" not in repr(logs)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 
 import aiohttp
 import structlog
+import yarl
 
 from gatekeeper.auth.keys import KeySet, VerificationKey, parse_jwks
 from gatekeeper.config.model import JwksCache
@@ -87,6 +88,8 @@ class JwksKeys:
             clock: returns the current time in seconds since the epoch.
         """
         self._url = url
+        # Logged instead of the URL, because a user name and password in it are credentials.
+        self._log_url = str(yarl.URL(url).with_user(None))
         self._policy = policy
         self._session = session
         self._clock = clock
@@ -138,7 +141,7 @@ class JwksKeys:
         async with self._lock:
             if self._keys.has_kid(kid) or not self._may_fetch():
                 return
-            log.info("jwks refetch for unknown kid", url=self._url)
+            log.info("jwks refetch for unknown kid", url=self._log_url)
             await self._fetch()
 
     async def _fetch(self) -> None:
@@ -151,7 +154,7 @@ class JwksKeys:
             stale_until = self._fresh_until + self._policy.max_stale_s
             log.warning(
                 "jwks fetch failed",
-                url=self._url,
+                url=self._log_url,
                 error=str(error),
                 cached_keys=len(self._keys),
                 usable_until=stale_until if math.isfinite(stale_until) else None,
@@ -160,10 +163,10 @@ class JwksKeys:
             return
 
         for problem in problems:
-            log.warning("jwks key skipped", url=self._url, problem=problem)
+            log.warning("jwks key skipped", url=self._log_url, problem=problem)
         self._keys = KeySet(keys)
         self._fresh_until = self._clock() + lifetime
-        log.info("jwks fetched", url=self._url, keys=len(keys), fresh_for_s=lifetime)
+        log.info("jwks fetched", url=self._log_url, keys=len(keys), fresh_for_s=lifetime)
 
     async def _download(self) -> tuple[object, float]:
         timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S)
