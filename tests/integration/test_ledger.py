@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import redis
 
 from gatekeeper.errors import LedgerUnavailable
-from gatekeeper.ledger import ChargeRequest, Ledger, connect_redis
+from gatekeeper.ledger import ChargeRequest, Ledger, connect_redis, lua
 
 LATER = datetime.now(UTC) + timedelta(days=30)
 
@@ -211,4 +212,24 @@ async def test_unreachable_redis_is_unavailable(private_redis: Callable[..., obj
         await ledger.charge(charge("acme", 1, "c1"))
     assert caught.value.__cause__ is not None
     assert not await ledger.ping()
+    await ledger.close()
+
+
+async def test_first_calls_share_registration(ledger_url: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Concurrent first charges wait for one script registration instead of each loading."""
+    ledger = Ledger(await connect_redis(ledger_url, timeout_ms=2000, max_connections=2))
+    await ledger.grant("acme", 100, expires_at=None, note=None, actor="t", idempotency_key="g")
+    loads: list[str] = []
+    register = lua.register
+
+    async def counting_register(client: Any, script: lua.Script) -> None:
+        loads.append(script.name)
+        await register(client, script)
+
+    monkeypatch.setattr(lua, "register", counting_register)
+    fresh = Ledger(ledger.client)
+    results = await asyncio.gather(*(fresh.charge(charge("acme", 1, f"c{i}")) for i in range(50)))
+    assert all(r.allowed for r in results)
+    assert len(loads) == len(fresh.scripts)
     await ledger.close()

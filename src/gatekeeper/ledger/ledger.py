@@ -6,6 +6,7 @@ in the same event-loop tick share one round trip (see ``batch``).
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Any
 
@@ -72,15 +73,22 @@ class Ledger:
         self._limit = call_limit(client)
         self._batcher = ChargeBatcher(client, self.scripts["charge"], self._limit)
         self._registered = False
+        self._registering = asyncio.Lock()
 
     async def _register_scripts(self) -> None:
-        """Load every script once, before the first call; NOSCRIPT handles later losses."""
+        """Load every script once, before the first call; NOSCRIPT handles later losses.
+
+        Concurrent first calls wait for one registration instead of each using a connection.
+        """
         if self._registered:
             return
-        with wrap_redis_errors("register_scripts"):
-            for script in self.scripts.values():
-                await lua.register(self.client, script)
-        self._registered = True
+        async with self._registering:
+            if self._registered:
+                return
+            with wrap_redis_errors("register_scripts"):
+                for script in self.scripts.values():
+                    await lua.register(self.client, script)
+            self._registered = True
         log.info("ledger_scripts_registered", count=len(self.scripts))
 
     @property
