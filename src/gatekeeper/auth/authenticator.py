@@ -69,7 +69,7 @@ class Authenticator:
             return StaticKeys(load_key_file(Path(issuer.public_key_file)))
         if issuer.jwks_url:
             return JwksKeys(issuer.jwks_url, issuer.jwks_cache, self._http_session, self._clock)
-        raise ValueError("auth.jwt: set one of jwks_url, public_key_file, secret_env")
+        raise ValueError("set one of jwks_url, public_key_file, secret_env")
 
     @staticmethod
     def _index_by_issuer(verifiers: list[IssuerVerifier]) -> dict[str | None, IssuerVerifier]:
@@ -80,9 +80,9 @@ class Authenticator:
         for verifier in verifiers:
             name = verifier.config.issuer
             if name is None:
-                raise ValueError("auth.jwt: with several issuers, each needs 'issuer' to select it")
+                raise ValueError("with several issuers, each needs 'issuer' to select it")
             if name in index:
-                raise ValueError(f"auth.jwt: issuer {name!r} is configured twice")
+                raise ValueError(f"issuer {name!r} is configured twice")
             index[name] = verifier
         return index
 

@@ -105,7 +105,7 @@ class IssuerVerifier:
         """
         unsupported = sorted(set(config.algorithms) - SUPPORTED_ALGORITHMS)
         if unsupported:
-            raise ValueError(f"auth.jwt.algorithms: {unsupported[0]!r} is not supported")
+            raise ValueError(f"algorithms: {unsupported[0]!r} is not supported")
         self.config = config
         self.keys = keys
         self._clock = clock
