@@ -128,7 +128,7 @@ class GatewayProcess:
 
     def start(self, timeout_s: float = 30.0) -> GatewayProcess:
         self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(  # noqa: S603 - fixed argument list
+        self.process = subprocess.Popen(
             [sys.executable, "-m", "gatekeeper", "serve", "--config", str(self.config_path),
              *self.args],
             stdout=self._log, stderr=subprocess.STDOUT, env=self.env,

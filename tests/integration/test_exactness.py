@@ -61,7 +61,9 @@ def two_gateways(
         gateway.stop()
 
 
-async def spend(gateways: list[GatewayProcess], path: str, tenant: str, requests: int) -> Counter[int]:
+async def spend(
+    gateways: list[GatewayProcess], path: str, tenant: str, requests: int
+) -> Counter[int]:
     headers = bearer(tenant)
     connector = aiohttp.TCPConnector(limit=200)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -205,7 +207,7 @@ async def test_four_processes_match_model(
     assert acme == 400 + granted - moved - 2 * charged["acme"]
     assert ml == 100 + moved - 2 * charged["acme/ml"]
 
-    verify = subprocess.run(  # noqa: S603 - fixed argument list
+    verify = subprocess.run(
         [sys.executable, "-m", "gatekeeper", "ledger", "verify", "--config", str(config),
          "--tenant", "acme"],
         capture_output=True, text=True, timeout=60, env=gateways[0].env,

@@ -23,7 +23,8 @@ MAX_TICKETS = 2**53 - 1
 Tickets = Annotated[int, Field(strict=True, ge=0, le=MAX_TICKETS)]
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-REFUND_KINDS = ("connect_error", "timeout", "5xx")
+RefundKind = Literal["connect_error", "timeout", "5xx"]
+REFUND_KINDS: tuple[RefundKind, ...] = ("connect_error", "timeout", "5xx")
 HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]*):(?P<port>\d{1,5})$")
 
 
@@ -287,7 +288,7 @@ class Route(Model):
     pool: StrictStr | None = None
     critical: StrictBool = False
     shadow: StrictBool = False
-    refund_on: tuple[Literal["connect_error", "timeout", "5xx"], ...] = REFUND_KINDS
+    refund_on: tuple[RefundKind, ...] = REFUND_KINDS
     on_ledger_error: Literal["fail_closed", "fail_open"] = "fail_closed"
     cost_header: StrictStr | None = None
     max_body_bytes: Annotated[int, Field(strict=True, ge=0)] | None = None
