@@ -2,8 +2,8 @@
 
 Map of the module:
 
-- ``check_request_framing`` and ``declared_too_large`` are the checks the gateway runs
-  before charging.
+- ``check_request_framing`` and ``declared_too_large`` (from ``framing``, re-exported here)
+  are the checks the gateway runs before charging.
 - ``Forwarder.forward`` picks a target (``upstreams``), builds the headers (``headers``),
   streams the request body through ``RequestBody`` and the response back chunk by chunk,
   or relays a WebSocket (``websocket``).
@@ -20,19 +20,26 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Literal
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Literal, TypeVar
 
 import aiohttp
 import structlog
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gatekeeper import errors, websocket
 from gatekeeper.config.model import Proxy as ProxyConfig
 from gatekeeper.config.model import Route, Upstream
+from gatekeeper.framing import (
+    BodyTooLarge,
+    RequestBody,
+    body_limit,
+    check_request_framing,
+    declared_too_large,
+    raw_query,
+)
 from gatekeeper.headers import (
     VIA_NAME,
     TrustedProxies,
@@ -41,14 +48,26 @@ from gatekeeper.headers import (
 )
 from gatekeeper.upstreams import Targets
 
+__all__ = [
+    "BodyTooLarge",
+    "Forwarder",
+    "OnHeaders",
+    "UpstreamFailure",
+    "check_request_framing",
+    "declared_too_large",
+    "describe_error",
+]
+
 log = structlog.get_logger("gatekeeper.proxy")
 
+T = TypeVar("T")
 FailureKind = Literal["connect_error", "timeout"]
 OnHeaders = Callable[[int, "CIMultiDictProxy[str]"], Awaitable[Mapping[str, str]]]
 
 # The client library adds these when they are missing; a proxy sends only what the client sent.
 SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-DIGITS = re.compile(r"[0-9]+")
+# Some aiohttp errors quote the full request URL, whose query may carry credentials.
+QUERY_IN_TEXT = re.compile(r"\?[^\s'\"<>]*")
 
 
 class UpstreamFailure(Exception):
@@ -66,101 +85,9 @@ class UpstreamFailure(Exception):
         self.detail = detail
 
 
-class BodyTooLarge(Exception):
-    """The streamed request body passed the body limit; the upstream call was aborted."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"The request body exceeds the limit of {limit} bytes.")
-        self.limit = limit
-
-
-def body_limit(route: Route, proxy_config: ProxyConfig) -> int:
-    """Return the request body limit in bytes: the route's, else the proxy default."""
-    if route.max_body_bytes is not None:
-        return route.max_body_bytes
-    return proxy_config.max_body_bytes
-
-
-def declared_too_large(request: web.Request, route: Route, proxy_config: ProxyConfig) -> bool:
-    """Return whether the request's ``Content-Length`` already exceeds the body limit.
-
-    The gateway calls this before charging; a chunked body is checked while it streams.
-    """
-    length = request.content_length
-    return length is not None and length > body_limit(route, proxy_config)
-
-
-def check_request_framing(request: web.Request) -> None:
-    """Reject request framings that two HTTP parsers could read differently.
-
-    aiohttp's parser (3.14, both the C and the Python one) already answers 400 for
-    ``Content-Length`` with ``Transfer-Encoding``, repeated or listed ``Content-Length``,
-    and repeated ``Transfer-Encoding``. It accepts transfer codings before ``chunked``
-    (``gzip, chunked``) and ``Transfer-Encoding`` in HTTP/1.0, which this check rejects;
-    the other checks repeat the parser's, in case it is replaced.
-
-    Args:
-        request: the client request, before its body is read.
-
-    Raises:
-        errors.BadRequest: the framing is ambiguous or uses an unsupported coding.
-    """
-    lengths = request.headers.getall("Content-Length", [])
-    codings = request.headers.getall("Transfer-Encoding", [])
-    if lengths and codings:
-        raise errors.BadRequest(
-            "The request has both Content-Length and Transfer-Encoding; send only one."
-        )
-    if len(lengths) > 1 or (lengths and not DIGITS.fullmatch(lengths[0].strip())):
-        raise errors.BadRequest(
-            f"The request's Content-Length {', '.join(lengths)!r} is invalid; "
-            "send one decimal length."
-        )
-    if not codings:
-        return
-    if request.version < aiohttp.HttpVersion11:
-        raise errors.BadRequest("Transfer-Encoding is not allowed in an HTTP/1.0 request.")
-    tokens = [token.strip().lower() for value in codings for token in value.split(",")]
-    if tokens != ["chunked"]:
-        raise errors.BadRequest(
-            f"Transfer-Encoding {', '.join(codings)!r} is not supported; use 'chunked' alone."
-        )
-
-
-def raw_query(request: web.Request) -> str:
-    """Return ``?`` and the query exactly as the client sent it, or ``""`` without one."""
-    _, separator, query = request.raw_path.partition("?")
-    return separator + query if query else ""
-
-
-class RequestBody:
-    """The client's request body, streamed to the upstream and counted against the limit.
-
-    Args:
-        content: the client request's body stream.
-        limit: the body limit in bytes.
-    """
-
-    def __init__(self, content: aiohttp.StreamReader, limit: int) -> None:
-        self._content = content
-        self._limit = limit
-        self.sent = 0
-        self.too_large = False
-        self.client_failed = False
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """Yield the body as it arrives; stop with ``BodyTooLarge`` past the limit."""
-        try:
-            async for chunk in self._content.iter_any():
-                self.sent += len(chunk)
-                if self.sent > self._limit:
-                    self.too_large = True
-                    raise BodyTooLarge(self._limit)
-                yield chunk
-        except (ConnectionResetError, HttpProcessingError):
-            # The client went away or broke its own framing while uploading.
-            self.client_failed = True
-            raise
+def describe_error(exc: BaseException) -> str:
+    """Return an error's type and message for logs, with any URL query replaced by ``?...``."""
+    return QUERY_IN_TEXT.sub("?...", f"{type(exc).__name__}: {exc}")
 
 
 class Forwarder:
@@ -284,40 +211,64 @@ class Forwarder:
             # when the response headers arrive, so a quiet stream is never cut.
             sock_read=upstream.read_timeout_s,
         )
-        failure = UpstreamFailure("connect_error", f"Upstream {route.upstream!r} has no targets.")
+
+        async def attempt(url: URL) -> aiohttp.ClientResponse:
+            return await self.session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=body.chunks() if body is not None else None,
+                timeout=timeout,
+                allow_redirects=False,
+            )
+
+        return await self._first_reachable(
+            request, route, path, attempt, body=body, timeout_s=upstream.read_timeout_s
+        )
+
+    async def _first_reachable(
+        self,
+        request: web.Request,
+        route: Route,
+        path: str,
+        attempt: Callable[[URL], Awaitable[T]],
+        *,
+        body: RequestBody | None,
+        timeout_s: float,
+    ) -> tuple[T, str]:
+        """Run ``attempt`` on each target in turn until one accepts the connection.
+
+        NOTE: aiohttp itself sends an idempotent request (GET, HEAD, PUT, DELETE...) once
+        more to the same target when the connection closes before the response, as RFC 9112
+        section 9.3.1 allows; that retry is what keeps stale pooled connections harmless.
+        """
         targets = self._targets[route.upstream]
+        failure = UpstreamFailure("connect_error", f"Upstream {route.upstream!r} has no targets.")
         for target in targets.order():
-            url = URL(target + path + raw_query(request), encoded=True)
             context = {"route": route.name, "upstream": route.upstream, "target": target}
             try:
-                response = await self.session.request(
-                    request.method,
-                    url,
-                    headers=headers,
-                    data=body.chunks() if body is not None else None,
-                    timeout=timeout,
-                    allow_redirects=False,
-                )
+                result = await attempt(URL(target + path + raw_query(request), encoded=True))
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 # Nothing reached this target, so the next one may take the request.
                 targets.mark_down(target)
-                log.warning("upstream_connect_failed", error=str(exc), **context)
+                log.warning("upstream_connect_failed", error=describe_error(exc), **context)
                 failure = UpstreamFailure(
-                    "connect_error", f"Upstream {route.upstream!r} refused or did not answer "
-                    "the connection."
+                    "connect_error",
+                    f"Upstream {route.upstream!r} refused or did not answer the connection.",
                 )
                 failure.__cause__ = exc
                 continue
-            except aiohttp.ServerTimeoutError as exc:
-                log.warning("upstream_timed_out", error=str(exc), **context)
+            except TimeoutError as exc:
+                log.warning("upstream_timed_out", error=describe_error(exc), **context)
                 raise UpstreamFailure(
                     "timeout",
-                    f"Upstream {route.upstream!r} sent no response headers within "
-                    f"{upstream.read_timeout_s} s.",
+                    f"Upstream {route.upstream!r} sent no response headers within {timeout_s} s.",
                 ) from exc
+            except aiohttp.WSServerHandshakeError:
+                raise
             except aiohttp.ClientError as exc:
                 raise self._send_failure(route, body, exc, context) from exc
-            return response, target
+            return result, target
         raise failure
 
     def _send_failure(
@@ -334,7 +285,7 @@ class Forwarder:
         if body is not None and body.client_failed:
             log.info("client_disconnected_uploading", sent=body.sent, **context)
             return ConnectionResetError("The client disconnected while sending its body.")
-        log.warning("upstream_closed_before_headers", error=str(exc), **context)
+        log.warning("upstream_closed_before_headers", error=describe_error(exc), **context)
         return UpstreamFailure(
             "connect_error",
             f"Upstream {route.upstream!r} closed the connection before its response headers.",
@@ -367,7 +318,7 @@ class Forwarder:
             try:
                 chunk = await content.readany()
             except (aiohttp.ClientError, TimeoutError) as exc:
-                log.warning("upstream_body_failed", error=repr(exc), **context)
+                log.warning("upstream_body_failed", error=describe_error(exc), **context)
                 _close_client(request)
                 return response
             if not chunk:
@@ -394,7 +345,7 @@ class Forwarder:
         if not readiness.can_prepare(request).ok:
             raise errors.BadRequest("The WebSocket upgrade request has an invalid handshake.")
         try:
-            upstream_ws, handshake, target = await self._connect_websocket(
+            (upstream_ws, handshake), target = await self._connect_websocket(
                 request, route, path, headers, max_msg_size
             )
         except aiohttp.WSServerHandshakeError as exc:
@@ -420,45 +371,22 @@ class Forwarder:
         path: str,
         headers: CIMultiDict[str],
         max_msg_size: int,
-    ) -> tuple[aiohttp.ClientWebSocketResponse, CIMultiDictProxy[str], str]:
+    ) -> tuple[websocket.Connected, str]:
         upstream = self._upstreams[route.upstream]
-        targets = self._targets[route.upstream]
         # NOTE: the WebSocket client takes no per-request timeout, so one deadline covers
-        # connect and handshake, and a target that never answers counts as a timeout.
+        # connect and handshake, and a target that never accepts counts as a timeout.
         deadline = upstream.connect_timeout_s + upstream.read_timeout_s
-        failure = UpstreamFailure("connect_error", f"Upstream {route.upstream!r} has no targets.")
-        for target in targets.order():
-            url = URL(target + path + raw_query(request), encoded=True)
-            context = {"route": route.name, "upstream": route.upstream, "target": target}
-            try:
-                async with asyncio.timeout(deadline):
-                    upstream_ws, handshake = await websocket.connect(
-                        self.session, url, headers=headers,
-                        protocols=websocket.offered_protocols(request), max_msg_size=max_msg_size,
-                    )
-            except aiohttp.ClientConnectorError as exc:
-                targets.mark_down(target)
-                log.warning("upstream_connect_failed", error=str(exc), **context)
-                failure = UpstreamFailure(
-                    "connect_error", f"Upstream {route.upstream!r} refused the connection."
+
+        async def attempt(url: URL) -> websocket.Connected:
+            async with asyncio.timeout(deadline):
+                return await websocket.connect(
+                    self.session, url, headers=headers,
+                    protocols=websocket.offered_protocols(request), max_msg_size=max_msg_size,
                 )
-                continue
-            except TimeoutError as exc:
-                log.warning("upstream_timed_out", error=repr(exc), **context)
-                raise UpstreamFailure(
-                    "timeout", f"Upstream {route.upstream!r} did not complete the WebSocket "
-                    f"handshake within {deadline} s."
-                ) from exc
-            except aiohttp.WSServerHandshakeError:
-                raise
-            except aiohttp.ClientError as exc:
-                log.warning("upstream_closed_before_headers", error=str(exc), **context)
-                raise UpstreamFailure(
-                    "connect_error", f"Upstream {route.upstream!r} closed the connection "
-                    "during the WebSocket handshake."
-                ) from exc
-            return upstream_ws, handshake, target
-        raise failure
+
+        return await self._first_reachable(
+            request, route, path, attempt, body=None, timeout_s=deadline
+        )
 
     async def _refused_upgrade(
         self, exc: aiohttp.WSServerHandshakeError, on_headers: OnHeaders

@@ -32,6 +32,8 @@ GOING_AWAY = 1001
 CLOSE_TIMEOUT_S = 10.0
 
 WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+# An open upstream WebSocket and the headers of its 101 response.
+Connected = tuple[aiohttp.ClientWebSocketResponse, CIMultiDictProxy[str]]
 
 
 def is_upgrade(request: web.Request) -> bool:
@@ -80,7 +82,7 @@ async def connect(
     headers: CIMultiDict[str],
     protocols: tuple[str, ...],
     max_msg_size: int,
-) -> tuple[aiohttp.ClientWebSocketResponse, CIMultiDictProxy[str]]:
+) -> Connected:
     """Open the upstream WebSocket.
 
     Args:

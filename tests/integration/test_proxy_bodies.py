@@ -59,6 +59,25 @@ async def test_content_length_kept(aiohttp_server: ServerFactory) -> None:
     assert "Transfer-Encoding" not in seen[0].headers
 
 
+async def test_expect_continue_answered_here(aiohttp_server: ServerFactory) -> None:
+    """The gateway answers ``Expect: 100-continue`` itself and forwards only the body."""
+    url, seen = await recording_upstream(aiohttp_server)
+    gateway = await start_gateway(aiohttp_server, upstreams={"up": url})
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(
+        b"POST /up HTTP/1.1\r\nHost: c\r\nConnection: close\r\nContent-Length: 5\r\n"
+        b"Expect: 100-continue\r\n\r\n"
+    )
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HANG_S)
+    writer.write(b"hello")
+    status, _, _ = parse_response(await reader.read())
+    writer.close()
+    assert interim.startswith(b"HTTP/1.1 100")
+    assert status == 200
+    assert seen[0].body == b"hello"
+    assert "Expect" not in seen[0].headers
+
+
 async def test_chunked_over_limit_aborts(aiohttp_server: ServerFactory) -> None:
     """A chunked body past the route's limit aborts the upstream call with BodyTooLarge.
 

@@ -89,6 +89,24 @@ async def test_closed_before_headers(aiohttp_server: ServerFactory) -> None:
     assert other_seen == []
 
 
+async def test_get_resent_to_same_target(aiohttp_server: ServerFactory) -> None:
+    """aiohttp resends an idempotent request once to the same target, never to another one."""
+    accepted = 0
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        await read_head(reader)
+
+    other_url, other_seen = await recording_upstream(aiohttp_server)
+    async with raw_upstream(hang_up) as url:
+        gateway = await start_gateway(aiohttp_server, upstreams={"up": [url, other_url]})
+        status, _, _ = parse_response(await exchange(gateway.port, GET))
+    assert status == 502
+    assert accepted == 2
+    assert other_seen == []
+
+
 async def test_refused_target_retried(
     aiohttp_server: ServerFactory, proxy_logs: structlog.testing.LogCapture
 ) -> None:
@@ -223,3 +241,11 @@ async def test_logs_hold_no_credentials(
         await exchange(gateway.port, request)
     assert proxy_logs.entries
     assert "s3cret" not in repr(proxy_logs.entries)
+
+
+def test_error_text_hides_query() -> None:
+    """Errors that quote the request URL lose its query before they are logged."""
+    exc = aiohttp.ConnectionTimeoutError("Connection timeout to host http://h:1/p?api_key=s3cret")
+    text = proxy.describe_error(exc)
+    assert "s3cret" not in text
+    assert text == "ConnectionTimeoutError: Connection timeout to host http://h:1/p?..."
