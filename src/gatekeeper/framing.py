@@ -48,7 +48,7 @@ def declared_too_large(request: web.Request, route: Route, proxy_config: ProxyCo
 def check_request_framing(request: web.Request) -> None:
     """Reject request framings that two HTTP parsers could read differently.
 
-    aiohttp's parser (3.14, both the C and the Python one) already answers 400 for
+    aiohttp's parser (3.14, both the C and the Python one) already rejects with 400
     ``Content-Length`` with ``Transfer-Encoding``, repeated or listed ``Content-Length``,
     and repeated ``Transfer-Encoding``. It accepts transfer codings before ``chunked``
     (``gzip, chunked``) and ``Transfer-Encoding`` in HTTP/1.0, which this check rejects;
@@ -64,12 +64,12 @@ def check_request_framing(request: web.Request) -> None:
     codings = request.headers.getall("Transfer-Encoding", [])
     if lengths and codings:
         raise errors.BadRequest(
-            "The request has both Content-Length and Transfer-Encoding; send only one."
+            "The request has both Content-Length and Transfer-Encoding. Send only one."
         )
     if len(lengths) > 1 or (lengths and not DIGITS.fullmatch(lengths[0].strip())):
         raise errors.BadRequest(
-            f"The request's Content-Length {', '.join(lengths)!r} is invalid; "
-            "send one decimal length."
+            f"The request's Content-Length {', '.join(lengths)!r} is invalid. "
+            "Send one decimal length."
         )
     if not codings:
         return
@@ -78,7 +78,7 @@ def check_request_framing(request: web.Request) -> None:
     tokens = [token.strip().lower() for value in codings for token in value.split(",")]
     if tokens != ["chunked"]:
         raise errors.BadRequest(
-            f"Transfer-Encoding {', '.join(codings)!r} is not supported; use 'chunked' alone."
+            f"Transfer-Encoding {', '.join(codings)!r} is not supported. Use 'chunked' alone."
         )
 
 
@@ -104,7 +104,7 @@ class RequestBody:
         self.client_failed = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """Yield the body as it arrives; stop with ``BodyTooLarge`` past the limit."""
+        """Yield the body as it arrives, and raise ``BodyTooLarge`` past the limit."""
         try:
             async for chunk in self._content.iter_any():
                 self.sent += len(chunk)

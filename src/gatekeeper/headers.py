@@ -20,7 +20,7 @@ from gatekeeper.config.model import Upstream
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"}
 )
-# The gateway answers "Expect: 100-continue" itself, so the upstream never sees it.
+# The gateway replies to "Expect: 100-continue" itself, so the upstream never receives it.
 ANSWERED_HERE = frozenset({"expect"})
 # The WebSocket client generates its own handshake headers for the upstream connection.
 WEBSOCKET_HANDSHAKE = frozenset(
@@ -43,7 +43,7 @@ class TrustedProxies:
     """The networks whose ``X-Forwarded-*`` and ``Forwarded`` headers are kept.
 
     Args:
-        cidrs: CIDR strings from ``proxy.trusted_proxies``; host bits are ignored.
+        cidrs: CIDR strings from ``proxy.trusted_proxies``. Host bits are ignored.
     """
 
     def __init__(self, cidrs: Iterable[str]) -> None:
@@ -160,7 +160,7 @@ def client_response_headers(
     Args:
         upstream_headers: the upstream's response headers.
         version: the upstream response's HTTP version, for ``Via``.
-        extra: headers the gateway adds (``Ticket-Cost``, ``Ticket-Balance``); each
+        extra: headers the gateway adds (``Ticket-Cost``, ``Ticket-Balance``). Each one
             replaces any upstream header of the same name.
 
     Returns:

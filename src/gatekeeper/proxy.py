@@ -9,7 +9,7 @@ Map of the module:
   or relays a WebSocket (``websocket``).
 - A failure before the upstream's response headers raises ``UpstreamFailure`` or
   ``BodyTooLarge``, so the gateway can refund. After the headers nothing is raised: a broken
-  upstream body ends the client response by closing its connection, and the charge stands.
+  upstream body ends the client response by closing its connection, and the charge is kept.
 
 NOTE: the gateway's aiohttp server must run with ``handler_cancellation=True``. Without it, a
 client that disconnects while the upstream is still working does not cancel the upstream call.
@@ -64,7 +64,7 @@ T = TypeVar("T")
 FailureKind = Literal["connect_error", "timeout"]
 OnHeaders = Callable[[int, "CIMultiDictProxy[str]"], Awaitable[Mapping[str, str]]]
 
-# The client library adds these when they are missing; a proxy sends only what the client sent.
+# The client library adds these when they are missing, but a proxy sends only what the client sent.
 SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 # Some aiohttp errors quote the full request URL, whose query may carry credentials.
 QUERY_IN_TEXT = re.compile(r"\?[^\s'\"<>]*")
@@ -113,9 +113,9 @@ class Forwarder:
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        """Open the client session; call once before the first ``forward``."""
+        """Open the client session. Call it once before the first ``forward``."""
         # NOTE: limit=0 lifts aiohttp's default cap of 100 connections, which would queue
-        # requests inside the gateway; the listener's own concurrency bounds the count.
+        # requests inside the gateway. The number of open client requests bounds the count.
         connector = aiohttp.TCPConnector(limit=0)
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -189,8 +189,8 @@ class Forwarder:
         try:
             return await self._relay(request, route, target, response, on_headers)
         finally:
-            # A fully read response has already returned its connection to the pool;
-            # otherwise this closes the connection and stops any body upload.
+            # A fully read response has already returned its connection to the pool.
+            # Otherwise this closes the connection and stops any body upload.
             response.close()
 
     async def _send(
@@ -238,9 +238,9 @@ class Forwarder:
     ) -> tuple[T, str]:
         """Run ``attempt`` on each target in turn until one accepts the connection.
 
-        NOTE: aiohttp itself sends an idempotent request (GET, HEAD, PUT, DELETE...) once
-        more to the same target when the connection closes before the response, as RFC 9112
-        section 9.3.1 allows; that retry is what keeps stale pooled connections harmless.
+        NOTE: aiohttp itself resends an idempotent request (GET, HEAD, PUT, DELETE...) once
+        to the same target when the connection closes before the response (RFC 9112 section
+        9.3.1). That retry keeps a pooled connection the upstream closed from becoming a 502.
         """
         targets = self._targets[route.upstream]
         failure = UpstreamFailure("connect_error", f"Upstream {route.upstream!r} has no targets.")

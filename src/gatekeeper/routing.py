@@ -7,9 +7,9 @@ prefixes into a trie of path segments, so a lookup costs one walk down the reque
 segments however many routes the config has. ``resolve_pool`` lists the pools a request
 may be charged to.
 
-Precedence, from the config contract: an exact ``path`` beats any prefix; among prefixes
-the longest wins; a route with ``methods`` beats one without; then file order. ``match.host``
-only filters.
+Precedence follows the config contract. An exact ``path`` beats any prefix, and among
+prefixes the longest wins. For the same path, a route with ``methods`` beats one without,
+and after that file order decides. ``match.host`` only filters.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from gatekeeper.config.model import Route
 
 # RFC 3986 section 2.3: decoding these never changes what a URI identifies.
 UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-# Characters a path segment may carry without percent-encoding (RFC 3986 "pchar" minus "%").
+# Characters a path segment may contain without percent-encoding (RFC 3986 "pchar" minus "%").
 SEGMENT_SAFE = frozenset(UNRESERVED | frozenset(b"!$&'()*+,;=:@"))
 HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 REPEATED_SLASHES = re.compile(r"/{2,}")
@@ -33,10 +33,11 @@ PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@]*")
 def normalize_path(raw_path: str) -> str:
     """Normalise a raw request path into the form that is matched and forwarded.
 
-    The steps run in this order: percent-encoded unreserved characters are decoded and
-    other escapes get uppercase hex; ``.`` and ``..`` segments are resolved; repeated
-    slashes are merged. ``%2F`` stays encoded inside its segment. Raw characters that a
-    path may not carry (non-ASCII, ``"``, ``\\``, ``<``...) are percent-encoded as UTF-8.
+    The steps run in this order. First, percent-encoded unreserved characters are decoded
+    and other escapes get uppercase hex. Then ``.`` and ``..`` segments are resolved. Last,
+    repeated slashes are merged. ``%2F`` stays encoded inside its segment. Raw characters
+    that a path may not contain (non-ASCII, ``"``, ``\\``, ``<``...) are percent-encoded as
+    UTF-8.
 
     Args:
         raw_path: the path of the request target exactly as received, without the query.
@@ -45,7 +46,7 @@ def normalize_path(raw_path: str) -> str:
         The normalised path, starting with ``/``.
 
     Raises:
-        errors.BadRequest: the path does not start with ``/``, holds an invalid
+        errors.BadRequest: the path does not start with ``/``, contains an invalid
             percent-escape, a NUL or another control character (raw or encoded), or
             climbs above the root with ``..``.
     """
@@ -74,7 +75,7 @@ def _normalize_segment(segment: str) -> str:
             escape = data[i + 1 : i + 3]
             if len(escape) != 2 or not HEX_DIGITS.issuperset(escape):
                 raise errors.BadRequest(
-                    f"Request path segment {segment[:100]!r} holds an invalid percent-escape."
+                    f"Request path segment {segment[:100]!r} contains an invalid percent-escape."
                 )
             byte = int(escape, 16)
             _reject_control(byte, segment)
@@ -90,7 +91,7 @@ def _normalize_segment(segment: str) -> str:
 def _reject_control(byte: int, segment: str) -> None:
     if byte < 0x20 or byte == 0x7F:
         raise errors.BadRequest(
-            f"Request path segment {segment[:100]!r} holds control character {byte:#04x}."
+            f"Request path segment {segment[:100]!r} contains control character {byte:#04x}."
         )
 
 
@@ -239,7 +240,7 @@ def resolve_pool(route: Route, tenant: str, team: str | None) -> tuple[str, ...]
         team: the team id from the token, or None when the token has none.
 
     Returns:
-        ``(rendered template,)`` when the route sets ``pool``; otherwise
+        ``(rendered template,)`` when the route sets ``pool``. Otherwise
         ``(tenant/team, tenant)`` with a team and ``(tenant,)`` without one.
 
     Raises:
@@ -249,7 +250,7 @@ def resolve_pool(route: Route, tenant: str, team: str | None) -> tuple[str, ...]
         if "{team}" in route.pool and team is None:
             raise errors.Forbidden(
                 f"Route {route.name!r} charges a team pool ({route.pool}), "
-                "but the token carries no team claim; use a token issued for a team."
+                "but the token carries no team claim. Use a token issued for a team."
             )
         return (route.pool.replace("{tenant}", tenant).replace("{team}", team or ""),)
     if team is not None:

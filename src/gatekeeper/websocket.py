@@ -1,8 +1,8 @@
 """WebSocket relay: one upstream WebSocket per client WebSocket, messages copied both ways.
 
 The gateway connects to the upstream first, so the upstream picks the subprotocol and the
-client is offered exactly that one. Each side negotiates its own compression and answers
-its own pings; text and binary messages are copied whole and close codes are passed on.
+client is offered exactly that one. Each side negotiates its own compression and replies to
+its own pings. Text and binary messages are copied whole, and close codes are passed on.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ Connected = tuple[aiohttp.ClientWebSocketResponse, CIMultiDictProxy[str]]
 
 
 def is_upgrade(request: web.Request) -> bool:
-    """Return whether the request asks to upgrade to a WebSocket."""
+    """Return whether the request is a WebSocket upgrade."""
     if request.method != "GET" or request.headers.get("Upgrade", "").lower() != "websocket":
         return False
     tokens = {
@@ -96,7 +96,7 @@ async def connect(
         The upstream WebSocket and the headers of its 101 response.
 
     Raises:
-        aiohttp.WSServerHandshakeError: the upstream answered without switching protocols.
+        aiohttp.WSServerHandshakeError: the upstream responded without switching protocols.
         aiohttp.ClientError: the connection failed.
     """
     slot: list[CIMultiDictProxy[str]] = []
@@ -118,7 +118,7 @@ async def connect(
 async def relay(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
     """Copy messages both ways until either side closes, then close the other side the same way.
 
-    The pump that sees a close frame passes its code on. Closing a WebSocket that the other
+    The pump that receives a close frame passes its code on. Closing a WebSocket that the other
     pump is reading from ends that pump's ``receive`` with ``CLOSING``, so both pumps finish.
     The close codes are also recorded, because the handler may be cancelled (the client's
     TCP connection closing right after its close frame) before a pump has passed one on.
@@ -160,7 +160,7 @@ async def _pump(
                 return
             continue
         if message.type is WSMsgType.CLOSING:
-            # The other pump is closing ``source``; it passes the close on itself.
+            # The other pump is closing ``source`` and passes the close on itself.
             return
         if message.type is WSMsgType.CLOSE and message.data not in RESERVED_CLOSE_CODES:
             close_with[sink_name] = (message.data, (message.extra or "").encode())

@@ -60,7 +60,7 @@ async def test_content_length_kept(aiohttp_server: ServerFactory) -> None:
 
 
 async def test_expect_continue_answered_here(aiohttp_server: ServerFactory) -> None:
-    """The gateway answers ``Expect: 100-continue`` itself and forwards only the body."""
+    """The gateway replies to ``Expect: 100-continue`` itself and forwards only the body."""
     url, seen = await recording_upstream(aiohttp_server)
     gateway = await start_gateway(aiohttp_server, upstreams={"up": url})
     reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)

@@ -3,7 +3,7 @@
 The gateway app does what the real one does around ``Forwarder.forward``: framing check,
 path normalisation, route match, body pre-check, and one problem status per failure. It
 records every ``on_headers`` call and every exception ``forward`` raised, so tests can
-assert on both. Everything listens on 127.0.0.1 only. This module holds no tests.
+assert on both. Everything listens on 127.0.0.1 only. This module contains no tests.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ async def recording_upstream(
     body: bytes = b"ok",
     headers: CIMultiDict[str] | None = None,
 ) -> tuple[str, list[Seen]]:
-    """Start an upstream that stores each request it receives and answers the same way."""
+    """Start an upstream that stores each request it receives and always sends the same response."""
     seen: list[Seen] = []
 
     async def handle(request: web.Request) -> web.Response:

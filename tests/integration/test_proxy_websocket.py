@@ -115,7 +115,7 @@ async def test_websocket_101_headers(aiohttp_server: ServerFactory) -> None:
 
 
 async def test_websocket_refused_upgrade(aiohttp_server: ServerFactory) -> None:
-    """An upstream that answers the upgrade with an error passes that status on."""
+    """An upstream that responds to the upgrade with an error status passes that status on."""
 
     async def handle(request: web.Request) -> web.Response:
         return web.Response(status=403, text="no")

@@ -171,7 +171,7 @@ def _many_routes() -> list[Route]:
 
 
 def test_ten_thousand_routes_correct() -> None:
-    """Every one of 10,000 routes is found, and the linear-scan answer agrees on misses."""
+    """Every one of 10,000 routes is found, and near misses match no route."""
     routes = _many_routes()
     router = Router(routes)
     for i in range(5_000):
