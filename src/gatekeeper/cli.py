@@ -12,11 +12,18 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from gatekeeper.errors import ConfigError
 from gatekeeper.log import configure_logging
 
+if TYPE_CHECKING:
+    from gatekeeper.config import Config
+
 DEFAULT_CONFIG = "config/gatekeeper.yaml"
+
+# Commands import what they need inside their function, so `check-config` and `--help` start
+# without loading aiohttp, redis and the crypto backends.
 
 
 def default_config() -> str:
@@ -69,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_config(path: str) -> int:
-    from gatekeeper.config import parse_config  # noqa: PLC0415 - heavy imports
-    from gatekeeper.runtime import read_source  # noqa: PLC0415
+    from gatekeeper.config import parse_config
+    from gatekeeper.runtime import read_source
 
     try:
         source = read_source(path)
@@ -94,10 +101,10 @@ def _check_config(path: str) -> int:
 
 
 def _serve(config_path: str, workers: int | None) -> int:
-    from gatekeeper.server import run  # noqa: PLC0415 - heavy imports
+    from gatekeeper.server import run
 
     try:
-        import uvloop  # noqa: PLC0415 - optional on platforms without it
+        import uvloop
 
         runner = uvloop.run
     except ImportError:
@@ -113,15 +120,23 @@ def _serve(config_path: str, workers: int | None) -> int:
     return 0
 
 
-def _token(args: argparse.Namespace) -> int:
-    from gatekeeper.auth.mint import mint_token  # noqa: PLC0415
-    from gatekeeper.config import load_config  # noqa: PLC0415
+def _load(path: str) -> Config | None:
+    """Load the config, printing every problem when it is invalid."""
+    from gatekeeper.config import load_config
 
-    path = args.config or default_config()
     try:
-        config = load_config(path)
+        return load_config(path)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
+        return None
+
+
+def _token(args: argparse.Namespace) -> int:
+    from gatekeeper.auth.mint import mint_token
+
+    path = args.config or default_config()
+    config = _load(path)
+    if config is None:
         return 1
     issuer = next((i for i in config.auth.jwt if i.secret_env), None)
     if issuer is None or issuer.secret_env is None:
@@ -148,15 +163,11 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _ledger_verify(args: argparse.Namespace) -> int:
-    from gatekeeper.config import load_config  # noqa: PLC0415
-    from gatekeeper.embedded import running_url  # noqa: PLC0415
-    from gatekeeper.ledger.verify import run_verify  # noqa: PLC0415
+    from gatekeeper.embedded import running_url
+    from gatekeeper.ledger.verify import run_verify
 
-    path = args.config or default_config()
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    config = _load(args.config or default_config())
+    if config is None:
         return 1
     url = config.redis.url
     if url == "embedded":
@@ -181,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "token":
         return _token(args)
     if args.command == "demo":
-        from gatekeeper.demo import run_demo  # noqa: PLC0415
+        from gatekeeper.demo import run_demo
 
         return run_demo(wait=not args.no_wait)
     return _ledger_verify(args)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import aiohttp
+import jwt
 
-from tests.support import ADMIN_HEADERS, GatewayProcess, bearer, config_text
+from tests.support import ADMIN_HEADERS, ENV, JWT_SECRET, GatewayProcess, bearer, config_text
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUTES = """
@@ -107,3 +109,27 @@ async def test_canonical_line_without_secrets(tmp_path: Path, redis_url: str) ->
     assert headers["Authorization"].split()[1] not in text
     assert "integration-admin-token" not in text
     assert "integration-test-secret" not in text
+
+
+def test_token_command_mints_verifiable_token(tmp_path: Path) -> None:
+    config = tmp_path / "gatekeeper.yaml"
+    config.write_text(config_text(redis_url="embedded", upstream_url="http://127.0.0.1:1",
+                                  routes=ROUTES))
+    env = {**os.environ, **ENV}
+    result = run_cli("token", "--config", str(config), "--tenant", "acme", "--team", "ml",
+                     "--scope", "reports:write", env=env)
+    claims = jwt.decode(result.stdout.strip(), JWT_SECRET, algorithms=["HS256"])
+    assert result.returncode == 0
+    assert claims["tenant_id"] == "acme"
+    assert claims["team"] == "ml"
+    assert claims["scope"] == "reports:write"
+
+
+def test_token_command_needs_secret(tmp_path: Path) -> None:
+    config = tmp_path / "gatekeeper.yaml"
+    config.write_text(config_text(redis_url="embedded", upstream_url="http://127.0.0.1:1",
+                                  routes=ROUTES))
+    env = {key: value for key, value in os.environ.items() if key != "GK_TEST_JWT_SECRET"}
+    result = run_cli("token", "--config", str(config), "--tenant", "acme", env=env)
+    assert result.returncode == 1
+    assert "GK_TEST_JWT_SECRET is unset" in result.stderr
