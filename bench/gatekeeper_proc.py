@@ -2,8 +2,9 @@
 
 The gateway gets a generated config: one upstream, one route ``/`` with cost 1 and a body
 limit above the 1 GiB streaming test, HS256 tokens from an environment variable and an
-admin token. It listens on port 0; the addresses come from its ``gatekeeper_started`` JSON
-log line. Tickets are granted through the admin API, as an operator would, and the load
+admin token. It listens on port 0, and the addresses come from its ``gatekeeper_started``
+JSON log line. ``serve`` may run as a supervisor with worker processes. The bench then
+measures the one worker (``--workers 1``) that the ``worker_spawned`` log line names. Tickets are granted through the admin API, as an operator would, and the load
 uses a token minted with ``gatekeeper.auth.mint.mint_token``.
 """
 
@@ -14,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass
@@ -63,10 +65,9 @@ class Gateway:
     proxy_url: str
     admin_url: str
     log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
+    # The process that serves requests: the worker when a supervisor started one.
+    # NOTE: read once at start, so it goes stale if the supervisor restarts the worker.
+    pid: int = 0
 
     def grant(self, tickets: int, pool: str = TENANT) -> dict[str, object]:
         """Grant ``tickets`` to ``pool`` through the admin API and return the response body."""
@@ -134,29 +135,49 @@ def start_gateway(
     log_path = processes.log_path(name)
 
     deadline = time.monotonic() + timeout_s
+    gateway = None
     while time.monotonic() < deadline:
-        started = _find_start_line(log_path)
-        if started is not None:
-            return Gateway(process, f"http://{started['proxy']}", f"http://{started['admin']}",
-                           log_path)
         if process.poll() is not None:
             raise RuntimeError(f"gatekeeper exited with code {process.returncode}; "
                                f"see {log_path}:\n{_tail(log_path)}")
+        if gateway is None:
+            started = [line for line in _log_lines(log_path)
+                       if line.get("event") == "gatekeeper_started"]
+            if started:
+                gateway = Gateway(process, f"http://{started[0]['proxy']}",
+                                  f"http://{started[0]['admin']}", log_path)
+        if gateway is not None and _answers(gateway.admin_url + "/readyz"):
+            spawned = [line for line in _log_lines(log_path)
+                       if line.get("event") == "worker_spawned"]
+            gateway.pid = int(str(spawned[-1]["pid"])) if spawned else process.pid
+            return gateway
         time.sleep(0.1)
-    raise RuntimeError(f"gatekeeper did not log gatekeeper_started in {timeout_s:.0f} s; "
-                       f"see {log_path}:\n{_tail(log_path)}")
+    raise RuntimeError(f"gatekeeper did not log gatekeeper_started and answer /readyz in "
+                       f"{timeout_s:.0f} s; see {log_path}:\n{_tail(log_path)}")
 
 
-def _find_start_line(log_path: Path) -> dict[str, str] | None:
+def _answers(url: str) -> bool:
+    """Return True once a worker answers ``url`` with anything but a 5xx."""
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except urllib.error.HTTPError as exc:
+        return exc.code < 500
+    except OSError:
+        return False
+
+
+def _log_lines(log_path: Path) -> list[dict[str, object]]:
+    lines = []
     with log_path.open("rb") as log:
         for raw in log:
             try:
                 line = json.loads(raw)
             except json.JSONDecodeError:
                 continue
-            if isinstance(line, dict) and line.get("event") == "gatekeeper_started":
-                return {"proxy": str(line["proxy"]), "admin": str(line["admin"])}
-    return None
+            if isinstance(line, dict):
+                lines.append(line)
+    return lines
 
 
 def _tail(path: Path, lines: int = 20) -> str:

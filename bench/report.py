@@ -89,7 +89,7 @@ def other_lines(results: dict[str, Any]) -> Iterator[str]:
         figures = stream.get(proxy, {})
         for direction in ("upload", "download"):
             if "error" in figures:
-                yield f"Streaming through {proxy}: not measured: {figures['error']}"
+                yield f"Streaming through {proxy}: not measured: {_short(figures['error'])}"
                 break
             if direction in figures:
                 transfer = figures[direction]

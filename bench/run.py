@@ -10,13 +10,15 @@ Suites (``--suites``, default all):
 - ``stream``: gateway RSS during 1 GiB transfers.
 
 Every server is started here on 127.0.0.1 and stopped at the end, also on errors. A private
-Redis-compatible server comes from the embedded binary. Results go to
+Redis-compatible server comes from the embedded binary. The gateway's code is copied from
+``src/gatekeeper`` at the start, so every process of a run measures the same code. Results go to
 ``bench/results/bench-<UTC time>.json`` and ``bench/results/latest.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -119,6 +121,29 @@ def _git(*args: str) -> str:
     return done.stdout.strip()
 
 
+def snapshot_source(work_dir: Path) -> str:
+    """Copy ``src/gatekeeper`` into the work directory and put it first on PYTHONPATH.
+
+    Every gateway, ledger and routing process of the run then measures the same code, even
+    when files in the working tree change during the run.
+
+    Returns:
+        A SHA-256 prefix of the copied files, which names the code that was measured.
+    """
+    source = REPO_DIR / "src" / "gatekeeper"
+    copy = work_dir / "src" / "gatekeeper"
+    shutil.copytree(source, copy, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    digest = hashlib.sha256()
+    for path in sorted(copy.rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(copy)).encode())
+            digest.update(path.read_bytes())
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(copy.parent), os.environ.get("PYTHONPATH")])
+    )
+    return digest.hexdigest()[:16]
+
+
 def run_script(log_dir: Path, name: str, arguments: list[str], timeout_s: float) -> Any:
     """Run a bench script on the CPU under test and return the JSON it prints last."""
     command = pinned([sys.executable, str(BENCH_DIR / arguments[0]), *arguments[1:]], SUT_CPU)
@@ -216,6 +241,7 @@ def main() -> int:
     print(f"CPUs: {results['cpu_split']}", flush=True)
     started = time.monotonic()
     try:
+        results["machine"]["source_sha256"] = snapshot_source(work_dir)
         run_suites(args, work_dir, results)
     finally:
         if args.keep_work_dir:

@@ -134,7 +134,7 @@ def run_stream_suite(processes: Processes, work_dir: Path, redis_url: str,
         gateway.grant(1000)
         headers = {"Authorization": f"Bearer {gatekeeper_proc.bearer_token()}"}
     except (RuntimeError, OSError, ImportError) as exc:
-        results["gatekeeper_error"] = f"not measured: {exc}"
+        results["gatekeeper"] = {"error": str(exc)}
         return results
     results["gatekeeper"] = _run(gateway.pid, gateway.proxy_url, headers, total)
     return results
