@@ -4,8 +4,9 @@ The gateway gets a generated config: one upstream, one route ``/`` with cost 1 a
 limit above the 1 GiB streaming test, HS256 tokens from an environment variable and an
 admin token. It listens on port 0, and the addresses come from its ``gatekeeper_started``
 JSON log line. ``serve`` may run as a supervisor with worker processes. The bench then
-measures the one worker (``--workers 1``) that the ``worker_spawned`` log line names. Tickets are granted through the admin API, as an operator would, and the load
-uses a token minted with ``gatekeeper.auth.mint.mint_token``.
+measures the one worker (``--workers 1``) that the ``worker_spawned`` log line names.
+Tickets are granted through the admin API, as an operator would, and the load uses a token
+minted with ``gatekeeper.auth.mint.mint_token``.
 """
 
 from __future__ import annotations
