@@ -103,13 +103,12 @@ def start_nginx_proxy(processes: Processes, work_dir: Path, upstream: Target) ->
 
 def start_gatekeeper(
     processes: Processes, work_dir: Path, redis_url: str, upstream: Target
-) -> tuple[Target, gatekeeper_proc.Gateway]:
+) -> Target:
     gateway = gatekeeper_proc.start_gateway(processes, work_dir, redis_url, upstream.url)
     gateway.grant(GRANT_TICKETS)
     headers = {"Authorization": f"Bearer {gatekeeper_proc.bearer_token()}"}
-    target = Target(GATEKEEPER, gateway.proxy_url + "/", gateway.pid, headers,
-                    note="python -m gatekeeper serve, JWT HS256 + charge + proxy")
-    return target, gateway
+    return Target(GATEKEEPER, gateway.proxy_url + "/", gateway.pid, headers,
+                  note="python -m gatekeeper serve, JWT HS256 + charge + proxy")
 
 
 def check_target(target: Target) -> None:
@@ -166,8 +165,7 @@ def run_http_suite(
     work_dir: Path,
     redis_url: str,
     options: HttpOptions,
-    on_gateway: Callable[[Target, gatekeeper_proc.Gateway, Target], dict[str, object]]
-    | None = None,
+    on_loaded: Callable[[dict[str, Target], Target], dict[str, object]] | None = None,
 ) -> dict[str, object]:
     """Start the servers, run every phase and return the figures as a JSON-ready dict.
 
@@ -176,16 +174,14 @@ def run_http_suite(
         work_dir: directory for configs.
         redis_url: the private Redis server for gatekeeper.
         options: load settings shared by every phase.
-        on_gateway: called after the phases with gatekeeper's target, its process and the
+        on_loaded: called after the phases with the measured targets by name and the
             upstream's target (the profiler).
     """
     upstream = start_upstream(processes, work_dir, options.use_nginx)
     targets = [upstream, start_bare_proxy(processes, upstream)]
     errors: dict[str, str] = {}
-    gateway = None
     try:
-        gatekeeper_target, gateway = start_gatekeeper(processes, work_dir, redis_url, upstream)
-        targets.append(gatekeeper_target)
+        targets.append(start_gatekeeper(processes, work_dir, redis_url, upstream))
     except (RuntimeError, OSError, ImportError) as exc:
         errors[GATEKEEPER] = f"not measured: {exc}"
     if options.use_nginx and nginx_conf.nginx_binary():
@@ -229,8 +225,8 @@ def run_http_suite(
             summary["fixed_rate_gatekeeper_half"] = _fixed_rate_phases(
                 by_name, results[GATEKEEPER].rps / 2, options
             )
-    if on_gateway is not None and gateway is not None and GATEKEEPER in results:
-        summary["profile"] = on_gateway(by_name[GATEKEEPER], gateway, upstream)
+    if on_loaded is not None and GATEKEEPER in results:
+        summary["profile"] = on_loaded({name: by_name[name] for name in results}, upstream)
     return summary
 
 

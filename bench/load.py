@@ -18,6 +18,7 @@ from pathlib import Path
 from procs import HELPER_CPU, pinned
 
 LOADGEN = Path(__file__).with_name("loadgen.py")
+WRK_SCRIPT = Path(__file__).with_name("wrk_statuses.lua")
 WRK_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
@@ -70,7 +71,7 @@ def run_load(
 
 def _wrk(url: str, connections: int, duration_s: float, headers: list[str]) -> LoadResult:
     command = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s:g}s", "--latency",
-               "--timeout", "10s"]
+               "--timeout", "10s", "--script", str(WRK_SCRIPT)]
     for line in headers:
         command += ["-H", line]
     output = _run(pinned([*command, url], HELPER_CPU), duration_s)
@@ -90,7 +91,8 @@ def _wrk(url: str, connections: int, duration_s: float, headers: list[str]) -> L
         p50_ms=latency["50%"],
         p99_ms=latency["99%"],
         failed=non_2xx + errors,
-        details={"percentiles_ms": latency, "non_2xx": non_2xx, "socket_errors": errors},
+        details={"percentiles_ms": latency, "non_2xx": non_2xx, "socket_errors": errors,
+                 "statuses": _wrk_statuses(output)},
     )
 
 
@@ -99,6 +101,14 @@ def _wrk_percentiles(output: str) -> dict[str, float]:
     if not found:
         raise RuntimeError(f"wrk printed no latency distribution:\n{output}")
     return {label: float(value) * WRK_UNITS_MS[unit] for label, value, unit in found}
+
+
+def _wrk_statuses(output: str) -> dict[str, int]:
+    found = re.findall(r"^status (\d+) (\d+)$", output, re.MULTILINE)
+    statuses: dict[str, int] = {}
+    for code, count in found:
+        statuses[code] = statuses.get(code, 0) + int(count)
+    return dict(sorted(statuses.items()))
 
 
 def _wrk_match(pattern: str, output: str) -> str:

@@ -1,13 +1,17 @@
 """Profile of gatekeeper under load, from py-spy, or pyinstrument when py-spy cannot attach.
 
-py-spy samples the running gateway from outside (``--nonblocking``, so the gateway is never
-paused) while the same load as the throughput phase runs, and writes collapsed stacks. The
-summary attributes every sample to the innermost frame's package (``aiohttp``, ``redis``,
-``jwt``, ``gatekeeper``...) and lists the functions with the most self and inclusive time.
-Samples whose innermost Python frame is the event loop's ``run`` are time spent in uvloop's
-C code: socket reads and writes, and callbacks that have no Python frame of their own.
-A coroutine resumed by the event loop's C code shows only its own await chain, so the
-inclusive shares of handlers are right, but those of the entry points are too low and are
+py-spy samples the bare proxy and then the gateway from outside (``--nonblocking``, so
+neither is paused) under the same load as the throughput phase, and writes collapsed
+stacks. Each function's share of the samples, times the process's CPU time per request
+(from /proc), gives CPU microseconds per request, which compare directly between the two
+proxies.
+
+The summary attributes every sample to the innermost frame's package (``aiohttp``,
+``redis``, ``gatekeeper``...) and lists the functions with the most self and inclusive
+time. Samples whose innermost Python frame is the event loop's ``run`` are time spent in
+uvloop's C code: socket reads and writes, and callbacks that have no Python frame of their
+own. A coroutine resumed by the event loop's C code shows only its own await chain, so the
+inclusive times of handlers are right, but those of the entry points are too low and are
 left out.
 
 When py-spy fails (no ptrace permission, for instance), a second gateway runs under
@@ -24,11 +28,18 @@ from pathlib import Path
 
 import gatekeeper_proc
 from load import run_load
-from procs import HELPER_CPU, Processes, pinned
+from procs import HELPER_CPU, Processes, cpu_seconds, pinned
 
 SAMPLE_RATE_HZ = 200
 TOP = 15
 EVENT_LOOP_LEAF = "event loop (uvloop C code)"
+# Python frames that call into the event loop: a sample whose innermost frame is one of
+# these was taken in the loop's C code.
+EVENT_LOOP_FRAMES = (
+    "Runner.run (asyncio/runners.py)",
+    "run (uvloop/__init__.py)",
+    "run_app (aiohttp/web.py)",
+)
 # Entry-point frames that every main-thread stack shares, so their share is not informative.
 ENTRY_FILES = ("gatekeeper/__main__.py", "gatekeeper/cli.py")
 
@@ -39,11 +50,16 @@ def py_spy_binary() -> str | None:
 
 
 def record_py_spy(pid: int, url: str, headers: dict[str, str], connections: int,
-                  duration_s: float, output: Path) -> str | None:
-    """Sample ``pid`` for ``duration_s`` under load; return an error message or None."""
+                  duration_s: float, output: Path) -> tuple[str | None, float, float]:
+    """Sample ``pid`` for ``duration_s`` under load.
+
+    Returns:
+        An error message or None, the request rate under load, and the CPU time of ``pid``
+        per request in microseconds, read from /proc.
+    """
     binary = py_spy_binary()
     if binary is None:
-        return "py-spy is not installed"
+        return "py-spy is not installed", 0.0, 0.0
     command = [binary, "record", "--pid", str(pid), "--duration", f"{duration_s:g}",
                "--rate", str(SAMPLE_RATE_HZ), "--format", "raw", "--nonblocking",
                "--output", str(output)]
@@ -51,21 +67,37 @@ def record_py_spy(pid: int, url: str, headers: dict[str, str], connections: int,
         pinned(command, HELPER_CPU), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:
-        # The load outlasts the sampling, so every sample is taken from a loaded gateway.
-        run_load(url, connections=connections, duration_s=duration_s + 2, warmup_s=0,
-                 headers=headers)
+        # The load outlasts the sampling, so every sample is taken from a loaded server.
+        cpu_before = cpu_seconds(pid)
+        load = run_load(url, connections=connections, duration_s=duration_s + 2, warmup_s=0,
+                        headers=headers)
+        cpu_us = 1e6 * (cpu_seconds(pid) - cpu_before) / max(1, load.requests)
         spy_output, _ = spy.communicate(timeout=60)
     finally:
         if spy.poll() is None:
             spy.kill()
             spy.wait()
     if spy.returncode != 0 or not output.exists():
-        return f"py-spy failed with code {spy.returncode}: {spy_output.decode()[-500:]}"
-    return None
+        error = f"py-spy failed with code {spy.returncode}: {spy_output.decode()[-500:]}"
+        return error, 0.0, 0.0
+    return None, load.rps, cpu_us
 
 
-def summarize_collapsed(path: Path) -> dict[str, object]:
-    """Summarize py-spy's collapsed stacks: shares by package, top self and inclusive time."""
+def summarize_collapsed(path: Path, cpu_us_per_request: float) -> dict[str, object]:
+    """Summarize py-spy's collapsed stacks per package and function.
+
+    Each sample's share of all samples is scaled to the process's CPU time per request,
+    read from /proc. The figures then do not depend on how py-spy decides that a thread is
+    idle, for instance when the thread waits for a CPU that other processes use.
+
+    Args:
+        path: py-spy's ``--format raw`` output.
+        cpu_us_per_request: CPU time of the process per request, in microseconds.
+
+    Returns:
+        Sample count, and CPU microseconds per request: in total, by the innermost
+        frame's package, by function (self time) and by gatekeeper function (inclusive).
+    """
     by_package: Counter[str] = Counter()
     self_time: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
@@ -78,17 +110,20 @@ def summarize_collapsed(path: Path) -> dict[str, object]:
         frames = [_function(frame) for frame in stack.split(";")]
         total += count
         leaf = frames[-1]
-        if leaf.startswith("Runner.run ") or leaf.startswith("run (uvloop"):
+        if leaf in EVENT_LOOP_FRAMES:
             leaf = EVENT_LOOP_LEAF
         self_time[leaf] += count
         by_package[_package(leaf)] += count
         for function in set(frames):
             inclusive[function] += count
-    if not total:
-        return {"samples": 0}
+    if not total or cpu_us_per_request <= 0:
+        return {"samples": total}
 
-    def shares(counter: Counter[str], limit: int) -> list[tuple[str, float]]:
-        return [(name, round(100 * count / total, 1)) for name, count in counter.most_common(limit)]
+    us_per_sample = cpu_us_per_request / total
+
+    def per_request(counter: Counter[str], limit: int) -> list[tuple[str, float]]:
+        return [(name, round(count * us_per_sample, 1))
+                for name, count in counter.most_common(limit)]
 
     gatekeeper_inclusive = Counter({
         name: count for name, count in inclusive.items()
@@ -96,9 +131,10 @@ def summarize_collapsed(path: Path) -> dict[str, object]:
     })
     return {
         "samples": total,
-        "by_package_percent": shares(by_package, TOP),
-        "self_percent": shares(self_time, TOP),
-        "gatekeeper_inclusive_percent": shares(gatekeeper_inclusive, TOP),
+        "us_per_request": round(cpu_us_per_request, 1),
+        "by_package_us": per_request(by_package, TOP),
+        "self_us": per_request(self_time, TOP),
+        "gatekeeper_inclusive_us": per_request(gatekeeper_inclusive, TOP),
     }
 
 
@@ -115,24 +151,39 @@ def _package(function: str) -> str:
     return location.split("/", 1)[0] if "/" in location else location or "unknown"
 
 
-def profile_gateway(
+def profile_proxies(
     processes: Processes,
     work_dir: Path,
     results_dir: Path,
-    gateway: gatekeeper_proc.Gateway,
-    url: str,
-    headers: dict[str, str],
+    targets: list[tuple[str, int, str, dict[str, str]]],
     connections: int,
     duration_s: float,
     restart: tuple[str, str],
 ) -> dict[str, object]:
-    """Profile the loaded gateway; ``restart`` is (redis URL, upstream URL) for pyinstrument."""
-    collapsed = results_dir / "gatekeeper-py-spy.txt"
-    error = record_py_spy(gateway.pid, url, headers, connections, duration_s, collapsed)
-    if error is None:
-        return {"tool": "py-spy", "file": str(collapsed), **summarize_collapsed(collapsed)}
-    return {"tool": "pyinstrument", "py_spy_error": error,
-            **_pyinstrument(processes, work_dir, results_dir, connections, duration_s, restart)}
+    """Profile each loaded proxy in turn with py-spy, under the same load.
+
+    Args:
+        processes: owner of the pyinstrument gateway, if py-spy fails.
+        work_dir: directory for that gateway's config.
+        results_dir: where the collapsed stacks go.
+        targets: (name, pid, URL, request headers) of each proxy; gatekeeper comes last.
+        connections: keep-alive connections of the load.
+        duration_s: sampling time per proxy.
+        restart: (Redis URL, upstream URL) for the pyinstrument gateway.
+    """
+    proxies: dict[str, object] = {}
+    for name, pid, url, headers in targets:
+        collapsed = results_dir / f"py-spy-{name.replace(' ', '-')}.txt"
+        error, rps, cpu_us = record_py_spy(pid, url, headers, connections, duration_s,
+                                           collapsed)
+        if error is not None:
+            return {"tool": "pyinstrument", "py_spy_error": error,
+                    **_pyinstrument(processes, work_dir, results_dir, connections, duration_s,
+                                    restart)}
+        proxies[name] = {"file": str(collapsed), "rps": rps,
+                         **summarize_collapsed(collapsed, cpu_us)}
+    return {"tool": "py-spy", "rate_hz": SAMPLE_RATE_HZ, "duration_s": duration_s,
+            "proxies": proxies}
 
 
 def _pyinstrument(processes: Processes, work_dir: Path, results_dir: Path, connections: int,

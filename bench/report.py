@@ -105,17 +105,32 @@ def other_lines(results: dict[str, Any]) -> Iterator[str]:
 def profile_lines(profile: dict[str, Any] | None) -> list[str]:
     if not profile:
         return []
+    if "error" in profile:
+        return [f"Profile: not measured: {_short(profile['error'])}"]
     if profile.get("tool") != "py-spy":
         return [f"Profile: {profile.get('tool')} report in {profile.get('file')}",
-                f"  (py-spy: {profile.get('py_spy_error')})"]
-    lines = [f"Profile (py-spy, {profile['samples']:,} samples, {profile['file']}):"]
-    packages = ", ".join(f"{name} {share}%" for name, share in profile["by_package_percent"][:8])
-    lines.append(f"  by package: {packages}")
-    lines.append("  gatekeeper functions, inclusive:")
-    lines += [f"    {share:5.1f}%  {name}"
-              for name, share in profile["gatekeeper_inclusive_percent"][:10]]
-    lines.append("  self time:")
-    lines += [f"    {share:5.1f}%  {name}" for name, share in profile["self_percent"][:10]]
+                f"  (py-spy failed: {_short(str(profile.get('py_spy_error')))})"]
+    proxies: dict[str, dict[str, Any]] = profile["proxies"]
+    names = list(proxies)
+    lines = [f"Profile: py-spy at {profile['rate_hz']} Hz for {profile['duration_s']:g} s per "
+             "proxy; CPU µs per request, by the innermost frame's package:"]
+    packages: list[str] = []
+    for figures in proxies.values():
+        packages += [name for name, _ in figures.get("by_package_us", [])[:8]
+                     if name not in packages]
+    lines.append(f"  {'package':<28}" + "".join(f"{name:>20}" for name in names))
+    for package in packages:
+        cells = [dict(proxies[name].get("by_package_us", [])).get(package) for name in names]
+        lines.append(f"  {package:<28}" + "".join(f"{_number(cell, 1):>20}" for cell in cells))
+    totals = [proxies[name].get("us_per_request") for name in names]
+    lines.append(f"  {'total':<28}" + "".join(f"{_number(total, 1):>20}" for total in totals))
+    gateway = proxies.get("gatekeeper", {})
+    if gateway.get("gatekeeper_inclusive_us"):
+        inclusive = gateway["gatekeeper_inclusive_us"][:10]
+        lines.append("  gatekeeper functions, inclusive µs per request:")
+        lines += [f"    {value:6.1f}  {name}" for name, value in inclusive]
+        lines.append("  gatekeeper process, self µs per request:")
+        lines += [f"    {value:6.1f}  {name}" for name, value in gateway["self_us"][:10]]
     return lines
 
 

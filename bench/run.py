@@ -31,7 +31,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import gatekeeper_proc
 import http_suite
 import profile_suite
 import report
@@ -197,13 +196,16 @@ def run_suite(suite: str, args: argparse.Namespace, processes: Processes, work_d
         use_nginx=not args.no_nginx, rounds=args.rounds,
     )
 
-    def profile(target: http_suite.Target, gateway: gatekeeper_proc.Gateway,
+    def profile(targets: dict[str, http_suite.Target],
                 upstream: http_suite.Target) -> dict[str, object]:
-        print("  profiling gatekeeper ...", flush=True)
+        print("  profiling the bare proxy and gatekeeper ...", flush=True)
+        profiled = [(name, target.pid, target.url, target.headers)
+                    for name, target in targets.items()
+                    if name in (http_suite.BARE, http_suite.GATEKEEPER)]
         try:
-            return profile_suite.profile_gateway(
-                processes, work_dir, args.results_dir, gateway, target.url, target.headers,
-                args.connections, args.duration, restart=(redis_url, upstream.url),
+            return profile_suite.profile_proxies(
+                processes, work_dir, args.results_dir, profiled, args.connections,
+                args.duration, restart=(redis_url, upstream.url),
             )
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             print(f"  profile failed: {exc}", flush=True)
@@ -211,7 +213,7 @@ def run_suite(suite: str, args: argparse.Namespace, processes: Processes, work_d
 
     wants_profile = "profile" in args.suites
     return http_suite.run_http_suite(processes, work_dir, redis_url, options,
-                                     on_gateway=profile if wants_profile else None)
+                                     on_loaded=profile if wants_profile else None)
 
 
 def write_results(results: dict[str, Any], results_dir: Path) -> Path:
