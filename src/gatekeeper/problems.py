@@ -3,7 +3,7 @@
 Every proxy and admin response passes through :func:`problem_middleware`: a
 :class:`~gatekeeper.errors.GatekeeperError` becomes its problem+json body and headers, an
 unexpected exception becomes a logged 500 without a stack trace, and the canonical log line
-is written when the response is done.
+is written and the response counted in ``gatekeeper_requests_total`` when the response is done.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
+from gatekeeper import metrics
 from gatekeeper.errors import PROBLEM_BASE, GatekeeperError
 from gatekeeper.record import RECORD, RequestRecord, request_id_from
 
@@ -72,6 +73,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         # The client went away; nobody reads a response, but the line is still logged.
         record.status = 499
         record.error = "client_disconnected"
+        _count(record)
         log.info("request", **record.fields())
         raise
     except Exception:  # noqa: BLE001 - last resort: log with the id, answer 500 without a trace
@@ -79,9 +81,17 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         record.error = "internal"
         response = _internal_error(record)
     record.status = response.status
+    _count(record)
     log.info("request", **record.fields())
     structlog.contextvars.unbind_contextvars("request_id")
     return response
+
+
+def _count(record: RequestRecord) -> None:
+    status = record.status or 500
+    metrics.for_route(record.route).count_response(status)
+    if record.tenant_labels and record.tenant is not None:
+        metrics.for_tenant(record.tenant, record.route).count_response(status)
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:

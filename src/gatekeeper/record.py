@@ -43,8 +43,12 @@ class RequestRecord:
     balance: int | None = None
     status: int | None = None
     error: str | None = None
+    metering: str | None = None
     upstream_started: float | None = None
+    upstream_headers_at: float | None = None
     upstream_ms: float | None = None
+    # Whether per-tenant metrics are on for this request (``metrics.tenant_labels``).
+    tenant_labels: bool = False
 
     def start_upstream(self) -> None:
         self.upstream_started = time.perf_counter()
@@ -70,6 +74,7 @@ class RequestRecord:
             "cost": self.cost,
             "balance": self.balance,
             "upstream_ms": self.upstream_ms,
+            "metering": self.metering,
             "error": self.error,
         }
         values.update({key: value for key, value in optional.items() if value is not None})

@@ -1,0 +1,79 @@
+"""Metric children per route and tenant, error kinds and the exposition format."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import REGISTRY
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gatekeeper import metrics
+from gatekeeper.errors import LedgerUnavailable
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.mark.parametrize(("status", "expected"), [
+    (101, "1xx"), (200, "2xx"), (304, "3xx"), (402, "4xx"), (499, "4xx"), (503, "5xx"),
+    (600, "5xx"), (0, "5xx"),
+])
+def test_status_class(status: int, expected: str) -> None:
+    assert metrics.status_class(status) == expected
+
+
+def test_route_children_reused() -> None:
+    assert metrics.for_route("unit-a") is metrics.for_route("unit-a")
+
+
+def test_unmatched_route_label() -> None:
+    assert metrics.for_route(None).name == metrics.UNMATCHED
+
+
+@pytest.mark.parametrize("status", [200, 402, 503])
+def test_response_counted_once(status: int) -> None:
+    label = metrics.status_class(status)
+    before = sample("gatekeeper_requests_total", route="unit-b", status_class=label)
+    metrics.for_route("unit-b").count_response(status)
+    after = sample("gatekeeper_requests_total", route="unit-b", status_class=label)
+    assert after - before == 1
+
+
+def test_tenant_response_counted() -> None:
+    before = sample("gatekeeper_tenant_requests_total", tenant="acme", route="unit-c",
+                    status_class="2xx")
+    metrics.for_tenant("acme", "unit-c").count_response(204)
+    after = sample("gatekeeper_tenant_requests_total", tenant="acme", route="unit-c",
+                   status_class="2xx")
+    assert after - before == 1
+
+
+def wrapped(cause: BaseException) -> LedgerUnavailable:
+    error = LedgerUnavailable("failed")
+    error.__cause__ = cause
+    return error
+
+
+@pytest.mark.parametrize(("cause", "kind"), [
+    (RedisTimeoutError("slow"), "timeout"),
+    (TimeoutError(), "timeout"),
+    (RedisConnectionError("refused"), "connection"),
+    (ConnectionRefusedError(), "connection"),
+    (ResponseError("ERR"), "response"),
+    (ValueError("odd"), "other"),
+])
+def test_redis_error_kind(cause: BaseException, kind: str) -> None:
+    assert metrics.redis_error_kind(wrapped(cause)) == kind
+
+
+def test_render_text_format() -> None:
+    body, content_type = metrics.render("text/plain")
+    assert content_type.startswith("text/plain; version=0.0.4")
+    assert b"# TYPE gatekeeper_requests_total counter" in body
+
+
+def test_render_openmetrics() -> None:
+    _body, content_type = metrics.render("application/openmetrics-text")
+    assert content_type.startswith("application/openmetrics-text")
