@@ -1,11 +1,14 @@
 """The running configuration: one immutable snapshot of compiled parts, swapped whole on reload.
 
-A request reads ``holder.current`` once and keeps that snapshot until it ends, so a reload
-never changes the rules under a request in flight.
+A request reads ``holder.current`` once, counts itself in with ``Snapshot.enter`` and keeps
+that snapshot until it ends, so a reload never changes the rules under a request in flight.
+A snapshot replaced by a reload is closed by ``Snapshot.retire`` only after its last request
+has called ``Snapshot.leave``, because its upstream session still carries those requests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from collections.abc import Mapping
@@ -77,13 +80,32 @@ class Snapshot:
     forwarder: Forwarder
     admin_tokens: Mapping[str, str]
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    in_flight: int = 0
+    _drained: asyncio.Event | None = None
 
     @property
     def version(self) -> str:
         return self.source.version
 
+    def enter(self) -> None:
+        """Count a request that started on this snapshot."""
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        """Count a request on this snapshot as finished."""
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._drained is not None:
+            self._drained.set()
+
     async def start(self) -> None:
         await self.forwarder.start()
+
+    async def retire(self) -> None:
+        """Wait until no request uses this snapshot any more, then close it."""
+        if self.in_flight > 0:
+            self._drained = asyncio.Event()
+            await self._drained.wait()
+        await self.close()
 
     async def close(self) -> None:
         await self.forwarder.close()
@@ -99,7 +121,8 @@ def build_snapshot(source: Source, env: Mapping[str, str] | None = None) -> Snap
     environment = os.environ if env is None else env
     config = parse_config(source.text, source.path)
     try:
-        authenticator = Authenticator(config.auth.jwt, env=environment)
+        authenticator = Authenticator(config.auth.jwt, env=environment,
+                                      cache_size=config.auth.token_cache_size)
     except ValueError as exc:
         raise ConfigError(source.path, [f"auth.jwt: {exc}"]) from exc
     return Snapshot(
@@ -112,8 +135,30 @@ def build_snapshot(source: Source, env: Mapping[str, str] | None = None) -> Snap
     )
 
 
+def restart_required(running: Config, candidate: Config) -> list[str]:
+    """List the changes between two configs that a reload cannot apply.
+
+    ``listen``, ``server`` and ``redis`` belong to the supervisor's sockets, processes and
+    connections; ``ledger.journal_path`` names the open journal files.
+
+    Returns:
+        One message per changed section, empty when a reload can apply ``candidate``.
+    """
+    changed = [name for name in ("listen", "server", "redis")
+               if getattr(running, name) != getattr(candidate, name)]
+    if running.ledger.journal_path != candidate.ledger.journal_path:
+        changed.append("ledger.journal_path")
+    return [f"{name}: changed; restart the gateway to apply it, a reload cannot"
+            for name in changed]
+
+
 class RuntimeHolder:
     """Holds the current snapshot; reload replaces it in one assignment."""
 
     def __init__(self, snapshot: Snapshot) -> None:
         self.current = snapshot
+
+    def swap(self, snapshot: Snapshot) -> Snapshot:
+        """Make ``snapshot`` current and return the one it replaces."""
+        previous, self.current = self.current, snapshot
+        return previous
