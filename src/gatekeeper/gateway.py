@@ -4,19 +4,30 @@ Each step either passes the request on or raises a :mod:`gatekeeper.errors` erro
 problem middleware turns into a response. The charge happens only after every check that
 can reject the request for free (framing, route, body size, token, scope), so a rejected
 request never changes a balance.
+
+A request keeps the snapshot it started with (``Snapshot.enter``/``leave``), so a reload in
+the middle of it changes neither its route nor its upstream session.
+
+When Redis fails (an error, or no answer within the client's ``redis.timeout_ms`` limits),
+the route's ``on_ledger_error`` decides: ``fail_closed`` responds 503 with ``Retry-After`` and
+forwards nothing; ``fail_open`` journals the charge and forwards the request with
+``Ticket-Metering: deferred``, up to ``ledger.max_deferred_tickets`` per pool and process.
+A charge that may have reached Redis although the request failed is refunded later by id.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from gatekeeper.appkeys import LEDGER, RUNTIME
+from gatekeeper import metrics
+from gatekeeper.appkeys import RUNTIME
 from gatekeeper.auth import check_scopes
 from gatekeeper.config import Route
 from gatekeeper.errors import (
@@ -28,72 +39,35 @@ from gatekeeper.errors import (
     PaymentRequired,
     ServiceUnavailable,
 )
-from gatekeeper.ledger import ChargeRequest, ChargeResult, Ledger
-from gatekeeper.proxy import BodyTooLarge, UpstreamFailure, check_request_framing, declared_too_large
+from gatekeeper.journal import JournalError
+from gatekeeper.ledger import ChargeRequest
+from gatekeeper.metering import METERING, Metering
+from gatekeeper.proxy import (
+    BodyTooLarge,
+    UpstreamFailure,
+    check_request_framing,
+    declared_too_large,
+)
 from gatekeeper.record import RECORD, RequestRecord
 from gatekeeper.routing import normalize_path, resolve_pool
+from gatekeeper.runtime import Snapshot
+from gatekeeper.settlement import Settlement
 
 log = structlog.get_logger("gatekeeper.gateway")
 
 
-@dataclass(slots=True)
-class Settlement:
-    """The charge of one request and what happened to it after forwarding."""
-
-    ledger: Ledger
-    route: Route
-    charge: ChargeResult
-    tenant: str
-    balance: int
-    cost: int
-    refunded: bool = False
-
-    def headers(self) -> dict[str, str]:
-        return {"Ticket-Cost": str(self.cost), "Ticket-Balance": str(self.balance)}
-
-    async def refund(self, reason: str) -> None:
-        """Return the charge to its pool; the ledger makes a second refund a no-op."""
-        if self.refunded:
-            return
-        self.refunded = True
-        try:
-            balance = await self.ledger.refund(self.tenant, self.charge.charge_id)
-        except LedgerUnavailable as exc:
-            # NOTE: the refund is lost for now when Redis is down at this moment; the
-            # charge record names the id so an operator can refund it by hand.
-            log.error("refund_failed", charge_id=self.charge.charge_id, reason=reason,
-                      pool=self.charge.pool, error=str(exc))
-            return
-        if balance is not None:
-            self.balance = balance
-        self.cost = 0
-        log.info("charge_refunded", charge_id=self.charge.charge_id, reason=reason,
-                 pool=self.charge.pool, balance=self.balance)
-
-    async def on_headers(self, status: int, headers: CIMultiDictProxy[str]) -> Mapping[str, str]:
-        """Settle when the upstream's response headers arrive: refund a 5xx, or apply actual cost."""
-        if status >= 500 and "5xx" in self.route.refund_on:
-            await self.refund("5xx")
-        elif self.route.cost_header:
-            await self._settle_actual(headers.get(self.route.cost_header))
-        return self.headers()
-
-    async def _settle_actual(self, reported: str | None) -> None:
-        if reported is None or not reported.isdigit() or len(reported) > 16:
-            log.warning("actual_cost_invalid", header=self.route.cost_header,
-                        value=(reported or "")[:32], charge_id=self.charge.charge_id,
-                        kept=self.cost)
-            return
-        actual = int(reported)
-        self.balance = await self.ledger.settle(self.tenant, self.charge.charge_id, actual)
-        self.cost = actual
-
-
 async def handle(request: web.Request) -> web.StreamResponse:
-    """Serve one proxied request."""
+    """Serve one proxied request on the snapshot that is current when it starts."""
     snapshot = request.app[RUNTIME].current
-    record = request[RECORD]
+    snapshot.enter()
+    try:
+        return await _handle(request, snapshot)
+    finally:
+        snapshot.leave()
 
+
+async def _handle(request: web.Request, snapshot: Snapshot) -> web.StreamResponse:
+    record = request[RECORD]
     check_request_framing(request)
     path = normalize_path(request.raw_path.partition("?")[0])
     route = snapshot.router.match(request.method, path, request.host)
@@ -109,19 +83,26 @@ async def handle(request: web.Request) -> web.StreamResponse:
         identity = await snapshot.authenticator.authenticate(request.headers.get("Authorization"))
         tenant, team = identity.tenant, identity.team
         record.tenant = tenant
+        record.tenant_labels = snapshot.config.metrics.tenant_labels
         check_scopes(identity, route.scopes)
         candidates = resolve_pool(route, tenant, team)
         if route.cost > 0:
-            settlement = await _charge(request.app[LEDGER], route, tenant, candidates, record)
-            pool = settlement.charge.pool
+            settlement = await _charge(request[RECORD], request.app[METERING], snapshot, route,
+                                       tenant, candidates)
+            pool = settlement.pool
         else:
             pool = candidates[0]
 
-    return await _forward(request, route, path, tenant, team, pool, settlement)
+    return await _forward(request, snapshot, route, path, tenant, team, pool, settlement)
 
 
 async def _charge(
-    ledger: Ledger, route: Route, tenant: str, candidates: tuple[str, ...], record: RequestRecord
+    record: RequestRecord,
+    metering: Metering,
+    snapshot: Snapshot,
+    route: Route,
+    tenant: str,
+    candidates: tuple[str, ...],
 ) -> Settlement:
     charge_request = ChargeRequest(
         tenant=tenant,
@@ -133,23 +114,118 @@ async def _charge(
         critical=route.critical,
         shadow=route.shadow,
     )
+    if not metering.up:
+        return await _ledger_failed(record, metering, snapshot, route, charge_request, sent=False)
+    started = time.perf_counter()
     try:
-        charge = await ledger.charge(charge_request)
-    except LedgerUnavailable as exc:
-        log.warning("ledger_unavailable", route=route.name, error=str(exc))
-        raise ServiceUnavailable("The ticket ledger is unavailable; retry shortly.") from exc
+        async with asyncio.timeout(metering.deadline_s):
+            charge = await metering.ledger.charge(charge_request)
+    except LedgerUnavailable as error:
+        metering.failed(error)
+        log.warning("ledger_unavailable", route=route.name, charge_id=charge_request.charge_id,
+                    error=str(error))
+        return await _ledger_failed(record, metering, snapshot, route, charge_request, sent=True)
+    except TimeoutError as error:
+        metering.failed(error, deadline=True)
+        log.warning("ledger_timed_out", route=route.name, charge_id=charge_request.charge_id,
+                    deadline_s=metering.deadline_s)
+        return await _ledger_failed(record, metering, snapshot, route, charge_request, sent=True)
+    except asyncio.CancelledError:
+        # The client left while the charge was on its way; refund it if it ran.
+        _refund_unknown(metering, charge_request)
+        raise
+    metrics.LEDGER_SECONDS.labels("charge").observe(time.perf_counter() - started)
 
+    route_metrics = metrics.for_route(route.name)
+    tenant_metrics = metrics.for_tenant(tenant, route.name) if record.tenant_labels else None
     record.pool = charge.pool
     record.balance = charge.balance
+    if record.tenant_labels:
+        metrics.POOL_BALANCE.labels(charge.pool).set(charge.balance)
     if not charge.allowed:
         record.cost = 0
+        route_metrics.payment_required.inc()
+        if tenant_metrics is not None:
+            tenant_metrics.payment_required.inc()
         raise PaymentRequired(pool=charge.pool, cost=route.cost, balance=charge.balance)
     record.cost = route.cost
-    return Settlement(ledger, route, charge, tenant, charge.balance, route.cost)
+    route_metrics.charged.inc(route.cost)
+    if tenant_metrics is not None:
+        tenant_metrics.charged.inc(route.cost)
+    return Settlement(metering, route, record, route_metrics, tenant_metrics, charge.charge_id,
+                      tenant, charge.pool, charge.balance, route.cost)
+
+
+async def _ledger_failed(
+    record: RequestRecord,
+    metering: Metering,
+    snapshot: Snapshot,
+    route: Route,
+    charge_request: ChargeRequest,
+    *,
+    sent: bool,
+) -> Settlement:
+    """Handle a charge that Redis did not take, following the route's ``on_ledger_error``.
+
+    Args:
+        sent: the charge may have reached Redis; unless it is deferred under the same id,
+            it is refunded later if it ran.
+
+    Raises:
+        ServiceUnavailable: for ``fail_closed``, a full deferral bound or a journal failure.
+    """
+    if route.on_ledger_error == "fail_open":
+        settlement = await _defer(record, metering, snapshot, route, charge_request)
+        if settlement is not None:
+            return settlement
+    if sent:
+        _refund_unknown(metering, charge_request)
+    raise ServiceUnavailable("The ticket ledger is unavailable; retry shortly.")
+
+
+async def _defer(
+    record: RequestRecord,
+    metering: Metering,
+    snapshot: Snapshot,
+    route: Route,
+    charge_request: ChargeRequest,
+) -> Settlement | None:
+    """Journal a ``fail_open`` charge; None when the pool's deferral bound is reached."""
+    route_metrics = metrics.for_route(route.name)
+    limit = snapshot.config.ledger.max_deferred_tickets
+    try:
+        deferred = await metering.defer_charge(charge_request, limit)
+    except JournalError as error:
+        log.error("deferral_failed", route=route.name, charge_id=charge_request.charge_id,
+                  error=str(error))
+        return None
+    if not deferred:
+        route_metrics.deferred_rejected.inc()
+        log.warning("deferral_limit_reached", route=route.name, pool=charge_request.pools[0],
+                    limit=limit, deferred=metering.deferred.of(charge_request.pools[0]))
+        return None
+    tenant_metrics = (metrics.for_tenant(charge_request.tenant, route.name)
+                      if record.tenant_labels else None)
+    route_metrics.fail_open.inc()
+    route_metrics.charged.inc(route.cost)
+    if tenant_metrics is not None:
+        tenant_metrics.charged.inc(route.cost)
+    record.pool = charge_request.pools[0]
+    record.cost = route.cost
+    record.metering = "deferred"
+    return Settlement(metering, route, record, route_metrics, tenant_metrics,
+                      charge_request.charge_id, charge_request.tenant, charge_request.pools[0],
+                      None, route.cost, deferred=True)
+
+
+def _refund_unknown(metering: Metering, charge_request: ChargeRequest) -> None:
+    metering.later("refund", charge_request.tenant, charge_request.charge_id,
+                   charge_request.route, charge_request.cost, unknown_outcome=True)
 
 
 async def _forward(
     request: web.Request,
+    snapshot: Snapshot,
     route: Route,
     path: str,
     tenant: str | None,
@@ -157,17 +233,16 @@ async def _forward(
     pool: str | None,
     settlement: Settlement | None,
 ) -> web.StreamResponse:
-    forwarder = request.app[RUNTIME].current.forwarder
     record = request[RECORD]
-    on_headers = settlement.on_headers if settlement else _no_settlement
+    on_headers = settlement.on_headers if settlement else _HeaderTimer(record)
     record.start_upstream()
     try:
-        response = await forwarder.forward(
+        response = await snapshot.forwarder.forward(
             request, route=route, path=path, tenant=tenant, team=team, pool=pool,
             on_headers=on_headers,
         )
     except UpstreamFailure as failure:
-        record.stop_upstream()
+        _stop_upstream(record, route)
         await _refund_failure(settlement, route, failure.kind)
         headers = settlement.headers() if settlement else {}
         if failure.kind == "timeout":
@@ -175,16 +250,25 @@ async def _forward(
                                  headers=headers) from failure
         raise BadGateway("The upstream could not be reached.", headers=headers) from failure
     except BodyTooLarge as exc:
-        record.stop_upstream()
+        _stop_upstream(record, route)
         if settlement:
             await settlement.refund("body_too_large")
         raise PayloadTooLarge("The request body is larger than this route accepts.",
                               headers=settlement.headers() if settlement else {}) from exc
-    record.stop_upstream()
+    _stop_upstream(record, route)
     if settlement:
         record.cost = settlement.cost
         record.balance = settlement.balance
     return response
+
+
+def _stop_upstream(record: RequestRecord, route: Route) -> None:
+    """End the upstream timing; the histogram gets the time until headers or failure."""
+    record.stop_upstream()
+    if record.upstream_started is None:
+        return
+    ended = record.upstream_headers_at or time.perf_counter()
+    metrics.for_route(route.name).upstream_seconds.observe(ended - record.upstream_started)
 
 
 async def _refund_failure(settlement: Settlement | None, route: Route, kind: str) -> None:
@@ -193,5 +277,14 @@ async def _refund_failure(settlement: Settlement | None, route: Route, kind: str
         await settlement.refund(kind)
 
 
-async def _no_settlement(status: int, headers: CIMultiDictProxy[str]) -> Mapping[str, str]:
-    return {}
+class _HeaderTimer:
+    """``on_headers`` for uncharged requests: notes when the upstream's headers arrived."""
+
+    __slots__ = ("record",)
+
+    def __init__(self, record: RequestRecord) -> None:
+        self.record = record
+
+    async def __call__(self, status: int, headers: CIMultiDictProxy[str]) -> Mapping[str, str]:
+        self.record.upstream_headers_at = time.perf_counter()
+        return {}

@@ -1,0 +1,165 @@
+"""Replaying journal entries into the ledger, and the per-pool bound on deferred tickets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from gatekeeper.errors import LedgerUnavailable
+from gatekeeper.journal import Journal
+from gatekeeper.ledger import ChargeRequest, ChargeResult
+from gatekeeper.metering import DeferredTickets, Metering
+
+
+class FakeLedger:
+    """Records calls; ``fail`` is raised instead of a reply, ``allow`` decides charges."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.fail: Exception | None = None
+        self.allow = True
+        self.client = self
+
+    async def ping(self) -> bool:
+        return self.fail is None
+
+    def _check(self) -> None:
+        if self.fail is not None:
+            raise self.fail
+
+    async def charge(self, request: ChargeRequest) -> ChargeResult:
+        self._check()
+        self.calls.append(("charge", request))
+        return ChargeResult(request.charge_id, request.pools[0], self.allow, request.cost, 7)
+
+    async def refund(self, tenant: str, charge_id: str) -> int | None:
+        self._check()
+        self.calls.append(("refund", charge_id))
+        return None
+
+    async def settle(self, tenant: str, charge_id: str, actual: int) -> int:
+        self._check()
+        self.calls.append(("settle", (charge_id, actual)))
+        return 0
+
+
+def unavailable(cause: Exception) -> LedgerUnavailable:
+    error = LedgerUnavailable(str(cause))
+    error.__cause__ = cause
+    return error
+
+
+def charge_request(charge_id: str = "c1", cost: int = 2) -> ChargeRequest:
+    return ChargeRequest(tenant="acme", pools=("acme",), cost=cost, route="echo",
+                         charge_id=charge_id)
+
+
+@pytest.fixture
+def ledger() -> FakeLedger:
+    return FakeLedger()
+
+
+@pytest.fixture
+async def metering(tmp_path: Path, ledger: FakeLedger) -> Metering:
+    metering = Metering(ledger, Journal(tmp_path), timeout_s=0.2)  # type: ignore[arg-type]
+    metering.journal.open()
+    return metering
+
+
+def test_bound_per_pool() -> None:
+    deferred = DeferredTickets()
+    accepted = [deferred.try_add("acme", 2, 5) for _ in range(3)]
+    other = deferred.try_add("globex", 5, 5)
+    assert accepted == [True, True, False]
+    assert other
+    assert deferred.of("acme") == 4
+    assert deferred.total == 9
+
+
+def test_bound_released_on_remove() -> None:
+    deferred = DeferredTickets()
+    deferred.try_add("acme", 5, 5)
+    deferred.remove("acme", 5)
+    assert deferred.try_add("acme", 5, 5)
+
+
+async def test_replay_charges_as_critical(metering: Metering, ledger: FakeLedger) -> None:
+    assert await metering.defer_charge(charge_request(), limit=10)
+    await metering._replay(metering.journal.ready())
+    kind, request = ledger.calls[0]
+    assert kind == "charge"
+    assert request.charge_id == "c1"
+    assert request.critical
+    assert metering.deferred.total == 0
+    assert metering.journal.pending_count == 0
+
+
+async def test_replay_keeps_order(metering: Metering, ledger: FakeLedger) -> None:
+    await metering.defer_charge(charge_request(), limit=10)
+    metering.later("settle", "acme", "c1", "echo", 2, actual=5)
+    metering.later("refund", "acme", "c1", "echo", 5)
+    await metering._replay(metering.journal.ready())
+    assert [kind for kind, _args in ledger.calls] == ["charge", "settle", "refund"]
+
+
+async def test_unpaid_charge_counted(metering: Metering, ledger: FakeLedger) -> None:
+    before = REGISTRY.get_sample_value("gatekeeper_deferred_unpaid_tickets_total") or 0.0
+    ledger.allow = False
+    await metering.defer_charge(charge_request(cost=4), limit=10)
+    await metering._replay(metering.journal.ready())
+    after = REGISTRY.get_sample_value("gatekeeper_deferred_unpaid_tickets_total") or 0.0
+    assert after - before == 4
+    assert metering.journal.pending_count == 0
+
+
+async def test_connection_error_stops_replay(metering: Metering, ledger: FakeLedger) -> None:
+    await metering.defer_charge(charge_request("c1"), limit=10)
+    await metering.defer_charge(charge_request("c2"), limit=10)
+    ledger.fail = unavailable(RedisConnectionError("refused"))
+    await metering._replay(metering.journal.ready())
+    assert not metering.up
+    assert metering.journal.pending_count == 2
+    assert metering.deferred.total == 4
+
+
+async def test_response_error_skips_entry(metering: Metering, ledger: FakeLedger) -> None:
+    metering.later("refund", "acme", "c1", "echo", 1)
+    ledger.fail = unavailable(ResponseError("charge record names pool x, not y"))
+    await metering._replay(metering.journal.ready())
+    assert metering.up
+    assert metering.journal.pending_count == 0
+
+
+async def test_unknown_outcome_waits(metering: Metering) -> None:
+    metering.later("refund", "acme", "c1", "echo", 1, unknown_outcome=True)
+    assert metering.journal.ready() == []
+    assert metering.journal.pending_count == 1
+
+
+async def test_full_bound_defers_nothing(metering: Metering) -> None:
+    first = await metering.defer_charge(charge_request("c1", cost=3), limit=4)
+    second = await metering.defer_charge(charge_request("c2", cost=3), limit=4)
+    assert first
+    assert not second
+    assert metering.journal.pending_count == 1
+
+
+async def test_failed_call_marks_down(metering: Metering) -> None:
+    metering.failed(unavailable(TimeoutError()))
+    assert not metering.up
+
+
+async def test_response_error_keeps_up(metering: Metering) -> None:
+    metering.failed(unavailable(ResponseError("NOSCRIPT")))
+    assert metering.up
+
+
+async def test_probe_brings_up(metering: Metering, ledger: FakeLedger) -> None:
+    metering.failed(unavailable(RedisConnectionError("refused")))
+    probed = await metering._probe()
+    assert probed
