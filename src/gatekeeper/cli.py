@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gatekeeper.errors import ConfigError
@@ -48,8 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the proxy and admin listeners")
     _add_config(serve)
-    serve.add_argument("--workers", type=int, default=None, metavar="N",
-                       help="worker processes (default: server.workers, then one per CPU)")
+    serve.add_argument("--workers", type=_worker_count, default=None, metavar="N",
+                       help="worker processes, 1 to 256 (default: server.workers, then one "
+                            "per CPU)")
+    # Set by the supervisor when it starts a worker process; not for operators.
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
     check = commands.add_parser("check-config", help="validate a config file; exit 0 or 1")
     check.add_argument("path", metavar="PATH", help="config file to validate")
@@ -100,24 +106,31 @@ def _check_config(path: str) -> int:
     return 0
 
 
-def _serve(config_path: str, workers: int | None) -> int:
-    from gatekeeper.server import run
+def _worker_count(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 256:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 256, got {value}")
+    return value
 
-    try:
-        import uvloop
 
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
+def _serve(config_path: str, workers: int | None, worker: bool) -> int:
+    if worker:
+        from gatekeeper.server import worker_main
+
+        return worker_main()
+    # The supervisor's private directory contains the accepted config and the metrics files of
+    # every worker. PROMETHEUS_MULTIPROC_DIR must be set before prometheus-client is
+    # imported, in the supervisor and (through the inherited environment) in each worker.
+    state_dir = Path(tempfile.mkdtemp(prefix="gatekeeper-"))
+    metrics_dir = state_dir / "metrics"
+    metrics_dir.mkdir(mode=0o700)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     try:
-        runner(run(config_path))
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"gatekeeper: cannot start: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        from gatekeeper.supervisor import run_supervisor
+
+        return run_supervisor(config_path, workers, state_dir)
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def _load(path: str) -> Config | None:
@@ -188,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configure_logging()
     if args.command == "serve":
-        return _serve(args.config or default_config(), args.workers)
+        return _serve(args.config or default_config(), args.workers, args.worker)
     if args.command == "token":
         return _token(args)
     if args.command == "demo":
