@@ -2,8 +2,8 @@
 
 The batch is a non-transactional pipeline of EVALSHA calls, so each charge is still its own
 atomic script call and one failing entry does not fail the others. Entries that got NOSCRIPT
-did not run, so they are resent after the script is loaded. On a cluster, redis-py splits
-the pipeline by node and sends the parts concurrently.
+did not run, so they are resent after the script is loaded (up to ``lua.MAX_SCRIPT_LOADS``
+times). On a cluster, redis-py splits the pipeline by node and sends the parts concurrently.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class ChargeBatcher:
     async def _flush(self, batch: list[_Call]) -> None:
         try:
             async with self._limit:
-                await self._send(batch, attempt_reload=True)
+                await self._send(batch, loads_left=lua.MAX_SCRIPT_LOADS)
         except REDIS_ERRORS as error:
             log.warning("ledger_batch_failed", size=len(batch), error=str(error),
                         error_type=type(error).__name__,
@@ -88,7 +88,7 @@ class ChargeBatcher:
                 if not call.future.done():
                     call.future.cancel()
 
-    async def _send(self, batch: list[_Call], *, attempt_reload: bool) -> None:
+    async def _send(self, batch: list[_Call], *, loads_left: int) -> None:
         pipe = self._client.pipeline(transaction=False)
         for call in batch:
             pipe.evalsha(self._script.sha, len(call.keys), *call.keys, *call.args)
@@ -97,7 +97,7 @@ class ChargeBatcher:
 
         missing: list[_Call] = []
         for call, reply in zip(batch, replies, strict=True):
-            if isinstance(reply, NoScriptError) and attempt_reload:
+            if isinstance(reply, NoScriptError) and loads_left > 0:
                 missing.append(call)
             elif isinstance(reply, ResponseError):
                 self._fail(call, reply)
@@ -106,7 +106,7 @@ class ChargeBatcher:
         if missing:
             log.info("ledger_script_loaded", script=self._script.name, resent=len(missing))
             await lua.register(self._client, self._script)
-            await self._send(missing, attempt_reload=False)
+            await self._send(missing, loads_left=loads_left - 1)
 
     def _fail(self, call: _Call, error: ResponseError) -> None:
         log.warning("ledger_charge_failed", charge_id=call.charge_id, error=str(error))

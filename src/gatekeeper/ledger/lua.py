@@ -30,6 +30,10 @@ SCRIPT_FILES = {
     "read_pool": "read_pool.lua",
 }
 SHARED_FILE = "_pool.lua"
+# Script loads per call before a NOSCRIPT error fails it. A call that got NOSCRIPT did not
+# run, so resending it is safe. More than one load covers a second flush or failover that
+# lands between the load and the resend.
+MAX_SCRIPT_LOADS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +70,7 @@ async def register(client: RedisClient, script: Script) -> None:
 
 
 async def run(client: RedisClient, script: Script, keys: list[str], args: list[Any]) -> Any:
-    """Call ``script`` by SHA; on NOSCRIPT load it and send the call once more.
+    """Call ``script`` by SHA; on NOSCRIPT load it and resend, up to ``MAX_SCRIPT_LOADS`` times.
 
     Args:
         client: the ledger's Redis client.
@@ -77,9 +81,10 @@ async def run(client: RedisClient, script: Script, keys: list[str], args: list[A
     Returns:
         The script's reply.
     """
-    try:
-        return await client.evalsha(script.sha, len(keys), *keys, *args)
-    except NoScriptError:
-        log.info("ledger_script_loaded", script=script.name, sha=script.sha)
-        await register(client, script)
-        return await client.evalsha(script.sha, len(keys), *keys, *args)
+    for _attempt in range(MAX_SCRIPT_LOADS):
+        try:
+            return await client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            log.info("ledger_script_loaded", script=script.name, sha=script.sha)
+            await register(client, script)
+    return await client.evalsha(script.sha, len(keys), *keys, *args)
