@@ -357,13 +357,14 @@ class TcpProxy:
     In black-hole mode it keeps accepting and keeps connections open but drops every byte
     in both directions, as a network partition does. ``restore`` closes the connections of
     that time, because the bytes they lost would desynchronise the Redis protocol, and
-    forwards again.
+    forwards again. ``delay_s`` holds every chunk back that long, for a slow network.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.port = 0
         self.blackholed = False
+        self.delay_s = 0.0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
@@ -400,6 +401,8 @@ class TcpProxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
                 if self.blackholed:
                     continue
                 writer.write(data)
@@ -414,6 +417,9 @@ class TcpProxy:
         with contextlib.suppress(ConnectionError, OSError):
             while await reader.read(65536):
                 pass
+
+    def slow_down(self, delay_s: float) -> None:
+        self._loop.call_soon_threadsafe(setattr, self, "delay_s", delay_s)
 
     def blackhole(self) -> None:
         self._loop.call_soon_threadsafe(setattr, self, "blackholed", True)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import redis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -323,3 +324,52 @@ async def test_sigterm_with_redis_down(tmp_path: Path, durable_redis: EmbeddedRe
     code = await asyncio.to_thread(gateway.stop, signal.SIGTERM)
     assert code == 0
     assert gateway.find_log("journal_closed_with_pending")
+
+
+async def test_abandoned_charges_no_leak(tmp_path: Path, durable_redis: EmbeddedRedis,
+                                         upstream_url: str,
+                                         session: aiohttp.ClientSession) -> None:
+    """Clients that leave while their charge is in flight leak no Redis connection, and the
+    charges they leave behind are refunded. The pool has 2 connections and 30 clients leave.
+    Charges that found no free connection in time were never sent; they count as refunds
+    that found no charge."""
+    proxy = TcpProxy(durable_redis.host, durable_redis.port).start()
+    text = gateway_config(tmp_path, proxy.url, upstream_url, "fail_closed").replace(
+        f"redis: {{url: '{proxy.url}'}}", f"redis: {{url: '{proxy.url}', max_connections: 2}}")
+    gateway = start_gateway(tmp_path, text)
+    abandoned = 0
+    try:
+        await grant(session, gateway.admin_url, "acme", 100)
+        # Each Redis round trip now takes 0.12 s, within the 0.2 s Redis timeout, and each
+        # client leaves after 0.03 s.
+        proxy.slow_down(0.06)
+        impatient = aiohttp.ClientTimeout(total=0.03)
+        for _ in range(30):
+            try:
+                async with session.get(f"{gateway.proxy_url}/v1/echo", headers=bearer("acme"),
+                                       timeout=impatient):
+                    pass
+            except TimeoutError:
+                abandoned += 1
+        proxy.slow_down(0)
+        statuses = []
+        for _ in range(10):
+            async with session.get(f"{gateway.proxy_url}/v1/echo",
+                                   headers=bearer("acme")) as response:
+                statuses.append(response.status)
+        await wait_replayed(session, gateway)
+        balance = await balance_of(session, gateway.admin_url, "acme")
+        samples = await read_metrics(session, gateway.admin_url)
+        clients = redis.Redis(host=durable_redis.host, port=durable_redis.port).info("clients")
+    finally:
+        await stop(gateway)
+        proxy.stop()
+    refunds = [metric(samples, "gatekeeper_journal_replayed_entries_total", operation="refund",
+                      result=result) for result in ("refunded", "no_charge")]
+    assert abandoned == 30
+    assert statuses == [200] * 10
+    assert balance == 90
+    assert sum(refunds) == 30
+    assert refunds[0] > 0
+    # The gateway's two pooled connections and this test's client.
+    assert clients["connected_clients"] <= 3
