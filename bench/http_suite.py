@@ -30,6 +30,7 @@ from procs import (
     cpu_seconds,
     free_port,
     repin,
+    wait_for_idle_cpu,
     wait_for_port,
 )
 from upstream import BODY
@@ -63,6 +64,7 @@ class HttpOptions:
     force_loadgen: bool
     use_nginx: bool
     rounds: int = 1
+    quiet_wait_s: float = 30.0
 
 
 def start_upstream(processes: Processes, work_dir: Path, use_nginx: bool) -> Target:
@@ -125,8 +127,10 @@ def check_target(target: Target) -> None:
                            f"{body[:200]!r}; expected 200 with {BODY!r}")
 
 
-def with_server_cpu(target: Target, phase: Callable[[], LoadResult]) -> LoadResult:
-    """Run ``phase`` and record how busy the target's processes and their CPU were."""
+def with_server_cpu(target: Target, phase: Callable[[], LoadResult],
+                    options: HttpOptions) -> LoadResult:
+    """Run ``phase`` once the server's CPU is quiet; record how busy the server and CPU were."""
+    busy_before = wait_for_idle_cpu(SUT_CPU, options.quiet_wait_s)
     server_before, cpu_before = cpu_seconds(target.pid), cpu_busy_seconds(SUT_CPU)
     wall_before = time.monotonic()
     result = phase()
@@ -135,6 +139,7 @@ def with_server_cpu(target: Target, phase: Callable[[], LoadResult]) -> LoadResu
     result.server_cpu_percent = 100 * server / wall
     other = cpu_busy_seconds(SUT_CPU) - cpu_before - server
     result.other_on_server_cpu_percent = 100 * max(0.0, other) / wall
+    result.busy_before_percent = busy_before
     return result
 
 
@@ -147,7 +152,7 @@ def measure_max_rate(target: Target, upstream: Target, options: HttpOptions) -> 
             target.url, connections=options.connections, duration_s=options.duration_s,
             warmup_s=options.warmup_s, headers=target.headers,
             force_loadgen=options.force_loadgen,
-        ))
+        ), options)
     finally:
         if target is upstream:
             repin(upstream.pid, HELPER_CPU)
@@ -157,7 +162,7 @@ def measure_fixed_rate(target: Target, rate: float, options: HttpOptions) -> Loa
     return with_server_cpu(target, lambda: run_load(
         target.url, connections=options.rate_connections, duration_s=options.duration_s,
         warmup_s=options.warmup_s, headers=target.headers, rate=rate,
-    ))
+    ), options)
 
 
 def run_http_suite(

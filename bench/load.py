@@ -40,6 +40,8 @@ class LoadResult:
     # make a run noisy.
     server_cpu_percent: float | None = None
     other_on_server_cpu_percent: float | None = None
+    # How busy the server's CPU was with other work just before the phase started.
+    busy_before_percent: float | None = None
     details: dict[str, object] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:

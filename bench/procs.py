@@ -27,6 +27,8 @@ from typing import IO
 ALLOWED_CPUS = sorted(os.sched_getaffinity(0))
 SUT_CPU = ALLOWED_CPUS[0]
 HELPER_CPU = ALLOWED_CPUS[1] if len(ALLOWED_CPUS) > 1 else ALLOWED_CPUS[0]
+# A load phase starts once other work keeps the CPU under test busy less than this.
+QUIET_BUSY_PERCENT = 10.0
 
 
 def can_pin() -> bool:
@@ -133,6 +135,25 @@ def cpu_busy_seconds(cpu: int) -> float:
             ticks = [int(value) for value in values[:8]]
             return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
     raise RuntimeError(f"/proc/stat has no line for cpu{cpu}")
+
+
+def wait_for_idle_cpu(cpu: int, max_wait_s: float,
+                      max_busy_percent: float = QUIET_BUSY_PERCENT) -> float:
+    """Wait until ``cpu`` is busy less than ``max_busy_percent`` over one second.
+
+    The bench's own servers are idle between phases, so what keeps the CPU busy then is
+    other work on the machine, which would distort the next phase.
+
+    Returns:
+        The last busy percentage seen; above the limit when ``max_wait_s`` ran out.
+    """
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        before = cpu_busy_seconds(cpu)
+        time.sleep(1.0)
+        busy = 100 * (cpu_busy_seconds(cpu) - before)
+        if busy < max_busy_percent or time.monotonic() >= deadline:
+            return busy
 
 
 def rss_kib(pid: int) -> int:

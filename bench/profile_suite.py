@@ -28,9 +28,11 @@ from pathlib import Path
 
 import gatekeeper_proc
 from load import run_load
-from procs import HELPER_CPU, Processes, cpu_seconds, pinned
+from procs import HELPER_CPU, SUT_CPU, Processes, cpu_seconds, pinned, wait_for_idle_cpu
 
 SAMPLE_RATE_HZ = 200
+# Longest wait for other work to leave the CPU under test before sampling.
+QUIET_WAIT_S = 30.0
 TOP = 15
 EVENT_LOOP_LEAF = "event loop (uvloop C code)"
 # Python frames that call into the event loop: a sample whose innermost frame is one of
@@ -63,6 +65,7 @@ def record_py_spy(pid: int, url: str, headers: dict[str, str], connections: int,
     command = [binary, "record", "--pid", str(pid), "--duration", f"{duration_s:g}",
                "--rate", str(SAMPLE_RATE_HZ), "--format", "raw", "--nonblocking",
                "--output", str(output)]
+    wait_for_idle_cpu(SUT_CPU, QUIET_WAIT_S)
     spy = subprocess.Popen(
         pinned(command, HELPER_CPU), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )

@@ -32,6 +32,8 @@ def http_table(http: dict[str, Any]) -> list[str]:
         lines.append(_row(name, result, result["rps"] / bare if bare else None))
     for name, error in http.get("errors", {}).items():
         lines.append(f"{name:<20} {_short(error)}")
+    lines.append("CPU % is the server's CPU time over the phase. other is the time that other "
+                 "processes and interrupts took on its CPU.")
     if "counts" in http:
         verdict = "yes" if http["counts"] else "NO"
         lines.append(f"Run counts: {verdict} (upstream alone = {http['upstream_over_bare']:.1f} x "

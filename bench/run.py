@@ -36,7 +36,16 @@ import profile_suite
 import report
 import stream_suite
 from gatekeeper.embedded import EmbeddedRedis
-from procs import HELPER_CPU, SUT_CPU, Processes, can_pin, cpu_split, pinned, repin
+from procs import (
+    HELPER_CPU,
+    SUT_CPU,
+    Processes,
+    can_pin,
+    cpu_split,
+    pinned,
+    repin,
+    wait_for_idle_cpu,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -63,6 +72,9 @@ def parse_args() -> argparse.Namespace:
                              "(default 1)")
     load.add_argument("--rate-connections", type=int, default=32,
                         help="connections in fixed-rate phases (default 32)")
+    load.add_argument("--quiet-wait", type=float, default=30.0,
+                      help="seconds to wait before each suite and phase for other work to "
+                           "leave the CPU under test below 10%% busy (default 30)")
     load.add_argument("--loadgen", action="store_true",
                         help="use bench/loadgen.py even when wrk is installed")
     load.add_argument("--no-nginx", action="store_true",
@@ -166,6 +178,7 @@ def run_suites(args: argparse.Namespace, work_dir: Path, results: dict[str, Any]
                 if suite == "profile" and "http" in args.suites:
                     continue  # runs inside the http suite, on its loaded gateway
                 print(f"{suite} ...", flush=True)
+                wait_for_idle_cpu(SUT_CPU, args.quiet_wait)
                 try:
                     results[suite] = run_suite(suite, args, processes, work_dir, redis.url)
                     if suite == "http" and "profile" in results[suite]:
@@ -193,7 +206,7 @@ def run_suite(suite: str, args: argparse.Namespace, processes: Processes, work_d
     options = http_suite.HttpOptions(
         connections=args.connections, duration_s=args.duration, warmup_s=args.warmup,
         rate_connections=args.rate_connections, force_loadgen=args.loadgen,
-        use_nginx=not args.no_nginx, rounds=args.rounds,
+        use_nginx=not args.no_nginx, rounds=args.rounds, quiet_wait_s=args.quiet_wait,
     )
 
     def profile(targets: dict[str, http_suite.Target],
