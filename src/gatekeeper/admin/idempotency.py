@@ -58,6 +58,7 @@ class IdempotencyKeys:
     def __init__(self, ledger: Ledger) -> None:
         self._client = ledger.client
         self._keys = ledger.keys
+        self._limit = ledger.limit
 
     async def claim(self, tenant: str, key: str, request_hash: str) -> StoredResponse | None:
         """Claim ``key`` for a request, or return the response stored for it.
@@ -73,10 +74,11 @@ class IdempotencyKeys:
         name = self._keys.idempotency(tenant, key)
         claim = json.dumps({"state": "running", "fingerprint": request_hash})
         for _attempt in range(MAX_CLAIM_ATTEMPTS):
-            with wrap_redis_errors("claim_idempotency_key", tenant=tenant, key=key):
-                if await self._client.set(name, claim, nx=True, ex=LEASE_S):
-                    return None
-                raw = await self._client.get(name)
+            async with self._limit:
+                with wrap_redis_errors("claim_idempotency_key", tenant=tenant, key=key):
+                    if await self._client.set(name, claim, nx=True, ex=LEASE_S):
+                        return None
+                    raw = await self._client.get(name)
             if raw is None:
                 continue  # The record expired between SET and GET; claim again.
             return self._stored(json.loads(raw), request_hash, key)
@@ -98,14 +100,16 @@ class IdempotencyKeys:
         """Store the response of the request that claimed ``key``, for 24 hours."""
         record = json.dumps({"state": "done", "fingerprint": request_hash,
                              "status": response.status, "body": response.body})
-        with wrap_redis_errors("store_idempotency_key", tenant=tenant, key=key):
-            await self._client.set(self._keys.idempotency(tenant, key), record,
-                                   ex=KEEP_S)
+        async with self._limit:
+            with wrap_redis_errors("store_idempotency_key", tenant=tenant, key=key):
+                await self._client.set(self._keys.idempotency(tenant, key), record,
+                                       ex=KEEP_S)
 
     async def release(self, tenant: str, key: str) -> None:
         """Drop the claim of a request that failed, so that a retry can run."""
-        with wrap_redis_errors("release_idempotency_key", tenant=tenant, key=key):
-            await self._client.delete(self._keys.idempotency(tenant, key))
+        async with self._limit:
+            with wrap_redis_errors("release_idempotency_key", tenant=tenant, key=key):
+                await self._client.delete(self._keys.idempotency(tenant, key))
 
 
 Operation = Callable[[], Awaitable[StoredResponse]]

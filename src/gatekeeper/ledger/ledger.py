@@ -70,8 +70,10 @@ class Ledger:
         self.keys = KeyBuilder(key_prefix)
         self.charge_ttl_s = charge_ttl_s
         self.scripts = lua.load_scripts()
-        self._limit = call_limit(client)
-        self._batcher = ChargeBatcher(client, self.scripts["charge"], self._limit)
+        # Every Redis call of this ledger and of its helpers (records, idempotency keys)
+        # enters this context, so a cluster client never runs out of connections.
+        self.limit = call_limit(client)
+        self._batcher = ChargeBatcher(client, self.scripts["charge"], self.limit)
         self._registered = False
         self._registering = asyncio.Lock()
 
@@ -85,9 +87,10 @@ class Ledger:
         async with self._registering:
             if self._registered:
                 return
-            with wrap_redis_errors("register_scripts"):
-                for script in self.scripts.values():
-                    await lua.register(self.client, script)
+            async with self.limit:
+                with wrap_redis_errors("register_scripts"):
+                    for script in self.scripts.values():
+                        await lua.register(self.client, script)
             self._registered = True
         log.info("ledger_scripts_registered", count=len(self.scripts))
 
@@ -98,7 +101,7 @@ class Ledger:
 
     async def _run(self, name: str, keys: list[str], args: list[Any], **ids: object) -> Any:
         await self._register_scripts()
-        async with self._limit:
+        async with self.limit:
             with wrap_redis_errors(name, **ids):
                 return await lua.run(self.client, self.scripts[name], keys, args)
 
@@ -154,7 +157,7 @@ class Ledger:
         """Return the keys and pool names a refund or settle needs, or None if unknown."""
         validate_token_id(charge_id, "charge_id")
         record = self.keys.charge(tenant, charge_id)
-        async with self._limit:
+        async with self.limit:
             with wrap_redis_errors("read_charge", tenant=tenant, charge_id=charge_id):
                 pool = await self.client.hget(record, "pool")
         if pool is None:
@@ -351,8 +354,9 @@ class Ledger:
     async def ping(self) -> bool:
         """Send PING; return False on any Redis error."""
         try:
-            with wrap_redis_errors("ping"):
-                return bool(await self.client.ping())
+            async with self.limit:
+                with wrap_redis_errors("ping"):
+                    return bool(await self.client.ping())
         except LedgerUnavailable:
             return False
 

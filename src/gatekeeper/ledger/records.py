@@ -64,13 +64,15 @@ async def usage_buckets(ledger: Ledger, pool: str, start_ms: int, end_ms: int,
     """
     tenant = pool.split("/")[0]
     index = ledger.keys.usage_index(tenant)
-    with wrap_redis_errors("read_usage", tenant=tenant, pool=pool):
-        members = await _client(ledger).zrangebyscore(index, start_ms - start_ms % HOUR_MS,
-                                                    f"({end_ms}")
-        buckets = [m for m in members if m.startswith(f"{pool}|") and
-                   not m.endswith(f"|{POOL_METRICS}")]
-        fields = [f"{bucket}|{metric}" for bucket in buckets for metric in ROUTE_METRICS]
-        values = await _client(ledger).hmget(ledger.keys.usage(tenant), fields) if fields else []
+    async with ledger.limit:
+        with wrap_redis_errors("read_usage", tenant=tenant, pool=pool):
+            members = await _client(ledger).zrangebyscore(index, start_ms - start_ms % HOUR_MS,
+                                                        f"({end_ms}")
+            buckets = [m for m in members if m.startswith(f"{pool}|") and
+                       not m.endswith(f"|{POOL_METRICS}")]
+            fields = [f"{bucket}|{metric}" for bucket in buckets for metric in ROUTE_METRICS]
+            usage = ledger.keys.usage(tenant)
+            values = await _client(ledger).hmget(usage, fields) if fields else []
 
     step = DAY_MS if granularity == "day" else HOUR_MS
     totals: dict[tuple[int, str], dict[str, int]] = defaultdict(
@@ -116,9 +118,10 @@ async def audit_page(ledger: Ledger, tenant: str, limit: int,
         LedgerUnavailable: when a Redis call fails or times out.
     """
     newest = "+" if before is None else f"({before}"
-    with wrap_redis_errors("read_audit", tenant=tenant):
-        raw = await _client(ledger).xrevrange(ledger.keys.audit(tenant), newest, "-",
-                                            count=limit + 1)
+    async with ledger.limit:
+        with wrap_redis_errors("read_audit", tenant=tenant):
+            raw = await _client(ledger).xrevrange(ledger.keys.audit(tenant), newest, "-",
+                                                count=limit + 1)
     entries = [_audit_entry(entry_id, fields) for entry_id, fields in raw[:limit]]
     cursor = entries[-1]["id"] if len(raw) > limit else None
     return entries, cursor
