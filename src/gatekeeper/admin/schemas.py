@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gatekeeper.errors import BadRequest
 from gatekeeper.ledger.models import MAX_TICKETS
@@ -22,6 +23,18 @@ class GrantBody(Body):
     tickets: Tickets
     expires_at: AwareDatetime | None = None
     note: Annotated[str, Field(max_length=MAX_NOTE_LENGTH)] | None = None
+
+    @field_validator("expires_at")
+    @classmethod
+    def _check_utc_year(cls, value: datetime | None) -> datetime | None:
+        # A time such as 9999-12-31T23:59:59-12:00 is in year 10000 in UTC, which the pool
+        # object could not show.
+        if value is not None:
+            try:
+                value.astimezone(UTC)
+            except OverflowError:
+                raise ValueError("must fall within the years 1 to 9999 in UTC") from None
+        return value
 
 
 class AutoRefill(Body):

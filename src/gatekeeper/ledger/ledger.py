@@ -21,8 +21,8 @@ from gatekeeper.ledger.models import (
     ChargeRequest,
     ChargeResult,
     GrantResult,
+    expires_ms_of,
     iso_from_ms,
-    ms_from_datetime,
     parent_of,
     validate_charge,
     validate_tickets,
@@ -228,14 +228,18 @@ class Ledger:
             idempotency_key: a repeated call with this key returns the first result.
 
         Raises:
-            ValueError: for an invalid pool id, ticket count or key.
+            ValueError: for an invalid pool id, ticket count, key or an ``expires_at`` after
+                year 9999.
             GrantExpired: when ``expires_at`` has passed on the Redis clock.
             LedgerUnavailable: when a Redis call fails or times out.
         """
         tenant, _team = split_pool(pool)
         validate_tickets(tickets)
         validate_token_id(idempotency_key, "idempotency key")
-        expires_ms = 0 if expires_at is None else ms_from_datetime(expires_at)
+        expires_ms = expires_ms_of(expires_at)
+        # The scripts read 0 ms as "never", so the epoch itself must count as passed here.
+        if expires_at is not None and expires_ms <= 0:
+            raise GrantExpired(f"expires_at {expires_at.isoformat()} has already passed")
         keys = [
             self.keys.operation(tenant, idempotency_key),
             self.keys.pools(tenant),

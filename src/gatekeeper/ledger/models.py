@@ -10,6 +10,8 @@ from gatekeeper.ledger.keys import ID_PATTERN, split_pool
 
 # Tickets are integers from 1 to 2**53 - 1, so that they stay exact in Lua doubles and JSON.
 MAX_TICKETS = 2**53 - 1
+# The latest expires_at that iso_from_ms can format, because datetime ends with year 9999.
+MAX_EXPIRES_MS = int(datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC).timestamp() * 1000)
 MAX_ID_LENGTH = 200
 
 
@@ -83,6 +85,22 @@ def validate_tickets(value: object, name: str = "tickets", *, minimum: int = 1) 
     if not minimum <= value <= MAX_TICKETS:
         raise ValueError(f"{name} must be from {minimum} to {MAX_TICKETS}, got {value}")
     return value
+
+
+def expires_ms_of(expires_at: datetime | None) -> int:
+    """Return a grant's expiry in Unix ms for the scripts, where 0 means never.
+
+    Raises:
+        ValueError: for a time after 9999-12-31T23:59:59.999Z (UTC), which could not be read
+            back as a datetime.
+    """
+    if expires_at is None:
+        return 0
+    ms = ms_from_datetime(expires_at)
+    if ms > MAX_EXPIRES_MS:
+        raise ValueError(f"expires_at {expires_at.isoformat()} is after "
+                         "9999-12-31T23:59:59Z in UTC")
+    return ms
 
 
 def validate_token_id(value: str, name: str) -> str:
