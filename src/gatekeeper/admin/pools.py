@@ -18,7 +18,7 @@ from gatekeeper.admin.requests import idempotency_key, pool_from_path, pool_id, 
 from gatekeeper.admin.schemas import GrantBody, PoolSettingsBody, parse_body
 from gatekeeper.appkeys import LEDGER
 from gatekeeper.errors import BadRequest, NotFound, Unprocessable
-from gatekeeper.ledger import GrantExpired
+from gatekeeper.ledger import GrantExpired, IdempotencyKeyReused
 from gatekeeper.ledger.keys import split_pool, tenant_of
 
 log = structlog.get_logger("gatekeeper.admin.pools")
@@ -46,6 +46,10 @@ async def post_grant(request: web.Request) -> web.Response:
         except GrantExpired as error:
             raise BadRequest(f"Invalid field 'expires_at': {error}; use a future time.",
                              pool=pool) from None
+        except IdempotencyKeyReused:
+            raise Unprocessable(f"Idempotency key {idempotency_key(request)!r} was used for "
+                                "another grant or transfer of this tenant; use a new key.",
+                                pool=pool) from None
         found = await ledger.get_pool(pool)
         return StoredResponse(status=201, body={"grant": result.grant, "pool": found})
 

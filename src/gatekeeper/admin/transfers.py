@@ -14,7 +14,7 @@ from gatekeeper.admin.requests import idempotency_key, pool_id, read_json
 from gatekeeper.admin.schemas import TransferBody, parse_body
 from gatekeeper.appkeys import LEDGER
 from gatekeeper.errors import BadRequest, Conflict, NotFound, Unprocessable
-from gatekeeper.ledger import InsufficientTickets, UnknownPool
+from gatekeeper.ledger import IdempotencyKeyReused, InsufficientTickets, UnknownPool
 from gatekeeper.ledger.keys import tenant_of
 
 
@@ -40,6 +40,10 @@ async def post_transfer(request: web.Request) -> web.Response:
             raise Conflict(f"Pool {source!r} has {error.balance} tickets, fewer than the "
                            f"{body.tickets} requested; nothing was moved.", pool=source,
                            balance=error.balance, tickets=body.tickets) from None
+        except IdempotencyKeyReused:
+            key = idempotency_key(request)
+            raise Unprocessable(f"Idempotency key {key!r} was used for another grant or "
+                                "transfer of this tenant; use a new key.") from None
         found_source = await ledger.get_pool(source)
         found_target = await ledger.get_pool(target)
         return StoredResponse(status=200, body={"from": found_source, "to": found_target})

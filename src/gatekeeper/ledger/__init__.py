@@ -6,7 +6,13 @@ wraps Redis errors as ``LedgerUnavailable``.
 """
 
 from gatekeeper.ledger.client import connect_redis, mask_url
-from gatekeeper.ledger.ledger import GrantExpired, InsufficientTickets, Ledger, UnknownPool
+from gatekeeper.ledger.ledger import (
+    GrantExpired,
+    IdempotencyKeyReused,
+    InsufficientTickets,
+    Ledger,
+    UnknownPool,
+)
 from gatekeeper.ledger.models import ChargeRequest, ChargeResult, GrantResult
 
 __all__ = [
@@ -14,6 +20,7 @@ __all__ = [
     "ChargeResult",
     "GrantExpired",
     "GrantResult",
+    "IdempotencyKeyReused",
     "InsufficientTickets",
     "Ledger",
     "UnknownPool",

@@ -7,6 +7,7 @@ in the same event-loop tick share one round trip (see ``batch``).
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime
 from typing import Any
 
@@ -42,6 +43,10 @@ class GrantExpired(ValueError):
 
 class UnknownPool(LookupError):
     """A pool that does not exist."""
+
+
+class IdempotencyKeyReused(ValueError):
+    """An idempotency key already used by another grant or transfer of the tenant."""
 
 
 class InsufficientTickets(ValueError):
@@ -231,6 +236,7 @@ class Ledger:
             ValueError: for an invalid pool id, ticket count, key or an ``expires_at`` after
                 year 9999.
             GrantExpired: when ``expires_at`` has passed on the Redis clock.
+            IdempotencyKeyReused: when the key belongs to another grant or transfer.
             LedgerUnavailable: when a Redis call fails or times out.
         """
         tenant, _team = split_pool(pool)
@@ -240,6 +246,8 @@ class Ledger:
         # The scripts read 0 ms as "never", so the epoch itself must count as passed here.
         if expires_at is not None and expires_ms <= 0:
             raise GrantExpired(f"expires_at {expires_at.isoformat()} has already passed")
+        # The actor is left out: a retry by another admin is still the same request.
+        request = json.dumps(["grant", pool, tickets, expires_ms, note or ""])
         keys = [
             self.keys.operation(tenant, idempotency_key),
             self.keys.pools(tenant),
@@ -249,10 +257,14 @@ class Ledger:
             *self.keys.pool(pool).as_list(),
         ]
         args = [pool, tickets, expires_ms, note or "", actor, idempotency_key,
-                OPERATION_TTL_S, parent_of(pool) or ""]
+                OPERATION_TTL_S, parent_of(pool) or "", request]
         reply = await self._run("grant", keys, args, tenant=tenant, pool=pool)
         if reply[0] == "expired":
             raise GrantExpired(f"expires_at {iso_from_ms(expires_ms)} has already passed")
+        if reply[0] == "reused":
+            raise IdempotencyKeyReused(
+                f"idempotency key {idempotency_key!r} was used for another grant or transfer "
+                f"of tenant {tenant!r}")
         (_status, grant_id, granted, remaining, expires, created, text,
          balance, debt, paid, replayed) = reply
         grant = {
@@ -283,6 +295,7 @@ class Ledger:
                 ticket count or key.
             UnknownPool: when the source pool does not exist.
             InsufficientTickets: when the source balance is lower than ``tickets``.
+            IdempotencyKeyReused: when the key belongs to another grant or transfer.
             LedgerUnavailable: when a Redis call fails or times out.
         """
         tenant, _team = split_pool(source)
@@ -301,8 +314,9 @@ class Ledger:
             *self.keys.pool(source).as_list(),
             *self.keys.pool(target).as_list(),
         ]
+        request = json.dumps(["transfer", source, target, tickets])
         args = [source, target, tickets, actor, idempotency_key, OPERATION_TTL_S,
-                parent_of(target) or ""]
+                parent_of(target) or "", request]
         reply = await self._run("transfer", keys, args, tenant=tenant, source=source,
                                 target=target)
         status, source_balance, target_balance, replayed = reply
@@ -310,6 +324,10 @@ class Ledger:
             raise UnknownPool(f"pool {source!r} does not exist")
         if status == "insufficient":
             raise InsufficientTickets(source, int(source_balance), tickets)
+        if status == "reused":
+            raise IdempotencyKeyReused(
+                f"idempotency key {idempotency_key!r} was used for another grant or transfer "
+                f"of tenant {tenant!r}")
         log.info("ledger_transferred", source=source, target=target, tickets=tickets,
                  actor=actor, replayed=int(replayed) == 1)
         return int(source_balance), int(target_balance), int(replayed) == 1

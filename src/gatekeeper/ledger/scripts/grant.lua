@@ -6,9 +6,10 @@
 -- KEYS[4] usage hash, KEYS[5] usage index, KEYS[6..8] the pool's keys.
 -- ARGV[1] pool, ARGV[2] tickets, ARGV[3] expires_at in ms (0: never), ARGV[4] note,
 -- ARGV[5] actor, ARGV[6] idempotency key, ARGV[7] operation record TTL in seconds,
--- ARGV[8] parent of a new pool ('' for none).
+-- ARGV[8] parent of a new pool ('' for none), ARGV[9] the request as canonical text.
 -- Returns {status, grant id, tickets, remaining, expires_at, created_at, note, balance,
--- debt, debt paid, 1 when replayed}; status 'expired' when expires_at has passed.
+-- debt, debt paid, 1 when replayed}; status 'expired' when expires_at has passed,
+-- {'reused'} when the key belongs to another grant or transfer.
 
 local name = ARGV[1]
 local tickets = tonumber(ARGV[2])
@@ -18,12 +19,17 @@ local actor = ARGV[5]
 local idempotency_key = ARGV[6]
 local op_ttl_s = tonumber(ARGV[7])
 local default_parent = ARGV[8]
+local request = ARGV[9]
 
 local op = KEYS[1]
 local FIELDS = { 'status', 'grant', 'tickets', 'remaining', 'expires_at', 'created_at', 'note',
   'balance', 'debt', 'paid' }
 local stored = redis.call('HMGET', op, unpack(FIELDS))
 if stored[1] then
+  -- Grants and transfers of a tenant share the key space: only the same request replays.
+  if redis.call('HGET', op, 'request') ~= request then
+    return { 'reused' }
+  end
   table.insert(stored, 1)
   return stored
 end
@@ -56,7 +62,7 @@ for i, field in ipairs(FIELDS) do
   table.insert(pairs_out, field)
   table.insert(pairs_out, values[i])
 end
-redis.call('HSET', op, unpack(pairs_out))
+redis.call('HSET', op, 'request', request, unpack(pairs_out))
 redis.call('EXPIRE', op, op_ttl_s)
 
 redis.call('XADD', KEYS[3], '*', 'action', 'grant', 'pool', name, 'tickets', int(tickets),

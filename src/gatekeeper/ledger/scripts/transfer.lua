@@ -7,9 +7,11 @@
 -- KEYS[9..11] target pool keys.
 -- ARGV[1] source pool, ARGV[2] target pool, ARGV[3] tickets, ARGV[4] actor,
 -- ARGV[5] idempotency key, ARGV[6] operation record TTL in seconds,
--- ARGV[7] parent of the target when it is created ('' for none).
+-- ARGV[7] parent of the target when it is created ('' for none),
+-- ARGV[8] the request as canonical text.
 -- Returns {status, source balance, target balance, 1 when replayed}; status is 'ok',
--- 'missing' (no source pool) or 'insufficient' (the source balance is lower).
+-- 'missing' (no source pool), 'insufficient' (the source balance is lower) or 'reused'
+-- (the key belongs to another grant or transfer).
 
 local source_name = ARGV[1]
 local target_name = ARGV[2]
@@ -18,10 +20,15 @@ local actor = ARGV[4]
 local idempotency_key = ARGV[5]
 local op_ttl_s = tonumber(ARGV[6])
 local target_parent = ARGV[7]
+local request = ARGV[8]
 
 local op = KEYS[1]
-local stored = redis.call('HMGET', op, 'status', 'source_balance', 'target_balance')
+local stored = redis.call('HMGET', op, 'status', 'source_balance', 'target_balance', 'request')
 if stored[1] then
+  -- Grants and transfers of a tenant share the key space: only the same request replays.
+  if stored[4] ~= request then
+    return { 'reused', 0, 0, 0 }
+  end
   return { stored[1], tonumber(stored[2]), tonumber(stored[3]), 1 }
 end
 
@@ -51,7 +58,7 @@ save_pool(source)
 save_pool(target)
 
 redis.call('HSET', op, 'status', 'ok', 'source_balance', int(balance(source)),
-  'target_balance', int(balance(target)))
+  'target_balance', int(balance(target)), 'request', request)
 redis.call('EXPIRE', op, op_ttl_s)
 redis.call('XADD', KEYS[3], '*', 'action', 'transfer', 'pool', source_name, 'to', target_name,
   'tickets', int(tickets), 'actor', actor, 'key', idempotency_key,
