@@ -18,7 +18,7 @@ from gatekeeper.admin.requests import idempotency_key, pool_from_path, pool_id, 
 from gatekeeper.admin.schemas import GrantBody, PoolSettingsBody, parse_body
 from gatekeeper.appkeys import LEDGER
 from gatekeeper.errors import BadRequest, NotFound, Unprocessable
-from gatekeeper.ledger import GrantExpired, IdempotencyKeyReused
+from gatekeeper.ledger import GrantExpired, IdempotencyKeyReused, PoolFull
 from gatekeeper.ledger.keys import split_pool, tenant_of
 
 log = structlog.get_logger("gatekeeper.admin.pools")
@@ -50,6 +50,10 @@ async def post_grant(request: web.Request) -> web.Response:
             raise Unprocessable(f"Idempotency key {idempotency_key(request)!r} was used for "
                                 "another grant or transfer of this tenant; use a new key.",
                                 pool=pool) from None
+        except PoolFull as error:
+            raise Unprocessable(f"Pool {pool!r} has {error.balance} tickets, and {body.tickets} "
+                                "more would pass the maximum balance of 2^53-1; nothing was "
+                                "granted.", pool=pool, balance=error.balance) from None
         found = await ledger.get_pool(pool)
         return StoredResponse(status=201, body={"grant": result.grant, "pool": found})
 

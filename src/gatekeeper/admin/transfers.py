@@ -14,7 +14,7 @@ from gatekeeper.admin.requests import idempotency_key, pool_id, read_json
 from gatekeeper.admin.schemas import TransferBody, parse_body
 from gatekeeper.appkeys import LEDGER
 from gatekeeper.errors import BadRequest, Conflict, NotFound, Unprocessable
-from gatekeeper.ledger import IdempotencyKeyReused, InsufficientTickets, UnknownPool
+from gatekeeper.ledger import IdempotencyKeyReused, InsufficientTickets, PoolFull, UnknownPool
 from gatekeeper.ledger.keys import tenant_of
 
 
@@ -40,6 +40,11 @@ async def post_transfer(request: web.Request) -> web.Response:
             raise Conflict(f"Pool {source!r} has {error.balance} tickets, fewer than the "
                            f"{body.tickets} requested; nothing was moved.", pool=source,
                            balance=error.balance, tickets=body.tickets) from None
+        except PoolFull as error:
+            raise Unprocessable(f"Pool {target!r} has {error.balance} tickets, and "
+                                f"{body.tickets} more would pass the maximum balance of "
+                                "2^53-1; nothing was moved.", pool=target,
+                                balance=error.balance) from None
         except IdempotencyKeyReused:
             key = idempotency_key(request)
             raise Unprocessable(f"Idempotency key {key!r} was used for another grant or "

@@ -11,6 +11,7 @@ from gatekeeper.ledger.ledger import (
     IdempotencyKeyReused,
     InsufficientTickets,
     Ledger,
+    PoolFull,
     UnknownPool,
 )
 from gatekeeper.ledger.models import ChargeRequest, ChargeResult, GrantResult
@@ -23,6 +24,7 @@ __all__ = [
     "IdempotencyKeyReused",
     "InsufficientTickets",
     "Ledger",
+    "PoolFull",
     "UnknownPool",
     "connect_redis",
     "mask_url",

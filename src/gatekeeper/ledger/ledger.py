@@ -49,6 +49,16 @@ class IdempotencyKeyReused(ValueError):
     """An idempotency key already used by another grant or transfer of the tenant."""
 
 
+class PoolFull(ValueError):
+    """A grant or transfer that would take a pool's balance above ``MAX_TICKETS``."""
+
+    def __init__(self, pool: str, balance: int, tickets: int) -> None:
+        super().__init__(f"pool {pool!r} has {balance} tickets; {tickets} more would pass "
+                         "the maximum balance of 2^53-1")
+        self.pool = pool
+        self.balance = balance
+
+
 class InsufficientTickets(ValueError):
     """A transfer larger than the source pool's balance."""
 
@@ -237,6 +247,7 @@ class Ledger:
                 year 9999.
             GrantExpired: when ``expires_at`` has passed on the Redis clock.
             IdempotencyKeyReused: when the key belongs to another grant or transfer.
+            PoolFull: when the balance would pass 2^53-1.
             LedgerUnavailable: when a Redis call fails or times out.
         """
         tenant, _team = split_pool(pool)
@@ -265,6 +276,8 @@ class Ledger:
             raise IdempotencyKeyReused(
                 f"idempotency key {idempotency_key!r} was used for another grant or transfer "
                 f"of tenant {tenant!r}")
+        if reply[0] == "full":
+            raise PoolFull(pool, int(reply[1]), tickets)
         (_status, grant_id, granted, remaining, expires, created, text,
          balance, debt, paid, replayed) = reply
         grant = {
@@ -295,6 +308,7 @@ class Ledger:
                 ticket count or key.
             UnknownPool: when the source pool does not exist.
             InsufficientTickets: when the source balance is lower than ``tickets``.
+            PoolFull: when the target balance would pass 2^53-1.
             IdempotencyKeyReused: when the key belongs to another grant or transfer.
             LedgerUnavailable: when a Redis call fails or times out.
         """
@@ -324,6 +338,8 @@ class Ledger:
             raise UnknownPool(f"pool {source!r} does not exist")
         if status == "insufficient":
             raise InsufficientTickets(source, int(source_balance), tickets)
+        if status == "full":
+            raise PoolFull(target, int(target_balance), tickets)
         if status == "reused":
             raise IdempotencyKeyReused(
                 f"idempotency key {idempotency_key!r} was used for another grant or transfer "

@@ -6,6 +6,10 @@
 -- stay below 2^53, where doubles are exact.
 
 local NEVER = 9007199254740991          -- expires_at score of a grant without expiry (ms)
+-- Largest balance a grant, transfer or auto-refill may leave: above 2^53 - 1, doubles skip
+-- integers. NOTE: a refund or settle still returns its tickets to a pool whose balance
+-- reached this limit after the charge, and so can take it past the limit.
+local MAX_TICKETS = 9007199254740991
 local HOUR_MS = 3600000
 
 local function int(n)

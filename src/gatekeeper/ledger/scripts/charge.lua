@@ -86,11 +86,12 @@ usage_add(usage, pool.name, hour, route, 'requests', 1)
 usage_add(usage, pool.name, hour, route, 'tickets', cost)
 
 -- Auto-refill: once the balance is below the threshold, move the configured amount from
--- the parent, as far as the parent has tickets above its reserve.
+-- the parent, as far as the parent has tickets above its reserve and the pool has room.
 local below = tonumber(pool.refill_below or '')
 local amount = tonumber(pool.refill_amount or '')
 if below and amount and parent ~= nil and balance(pool) < below then
-  local moved = math.max(0, math.min(amount, balance(parent) - floor_of(parent, false)))
+  local moved = math.max(0, math.min(amount, balance(parent) - floor_of(parent, false),
+    MAX_TICKETS - balance(pool)))
   if moved > 0 then
     move_tickets(parent, pool, moved, now, 'auto-refill from ' .. parent.name)
     usage_add(usage, parent.name, hour, '*', 'transfers_out', moved)

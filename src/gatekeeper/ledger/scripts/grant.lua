@@ -9,7 +9,8 @@
 -- ARGV[8] parent of a new pool ('' for none), ARGV[9] the request as canonical text.
 -- Returns {status, grant id, tickets, remaining, expires_at, created_at, note, balance,
 -- debt, debt paid, 1 when replayed}; status 'expired' when expires_at has passed,
--- {'reused'} when the key belongs to another grant or transfer.
+-- {'reused'} when the key belongs to another grant or transfer, {'full', balance} when the
+-- balance would pass MAX_TICKETS.
 
 local name = ARGV[1]
 local tickets = tonumber(ARGV[2])
@@ -48,6 +49,10 @@ if pool == nil then
   pool = load_pool(name, KEYS[6], KEYS[7], KEYS[8])
 end
 expire_grants(pool, now, usage)
+if tickets > MAX_TICKETS - balance(pool) then
+  save_pool(pool)
+  return { 'full', balance(pool) }
+end
 
 local id, paid = credit(pool, tickets, expires_at, now, note, nil)
 if id == nil then

@@ -10,8 +10,9 @@
 -- ARGV[7] parent of the target when it is created ('' for none),
 -- ARGV[8] the request as canonical text.
 -- Returns {status, source balance, target balance, 1 when replayed}; status is 'ok',
--- 'missing' (no source pool), 'insufficient' (the source balance is lower) or 'reused'
--- (the key belongs to another grant or transfer).
+-- 'missing' (no source pool), 'insufficient' (the source balance is lower), 'full' (the
+-- target balance would pass MAX_TICKETS) or 'reused' (the key belongs to another grant or
+-- transfer).
 
 local source_name = ARGV[1]
 local target_name = ARGV[2]
@@ -52,6 +53,11 @@ if target == nil then
   target = load_pool(target_name, KEYS[9], KEYS[10], KEYS[11])
 end
 expire_grants(target, now, usage)
+if tickets > MAX_TICKETS - balance(target) then
+  save_pool(source)
+  save_pool(target)
+  return { 'full', balance(source), balance(target), 0 }
+end
 
 move_tickets(source, target, tickets, now, 'transfer from ' .. source_name)
 save_pool(source)
