@@ -18,15 +18,24 @@ async def read_json(request: web.Request) -> Any:
     """Return the parsed JSON body.
 
     Raises:
-        BadRequest: for a body that is too large, not UTF-8 or not JSON.
+        BadRequest: for a body that is too large, not UTF-8, not JSON or nested too deeply.
     """
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    raw = bytearray()
+    # read(n) returns what has arrived so far, so a body sent in pieces needs a loop.
+    while len(raw) <= MAX_BODY_BYTES:
+        chunk = await request.content.read(MAX_BODY_BYTES + 1 - len(raw))
+        if not chunk:
+            break
+        raw += chunk
     if len(raw) > MAX_BODY_BYTES:
         raise BadRequest(f"The request body is larger than {MAX_BODY_BYTES} bytes.")
     try:
         return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except ValueError as error:
+        # Also covers UnicodeDecodeError and integers longer than Python's 4300-digit limit.
         raise BadRequest(f"The request body is not valid JSON: {error}.") from None
+    except RecursionError:
+        raise BadRequest("The request body is not valid JSON: it is nested too deeply.") from None
 
 
 def pool_id(value: str) -> str:
