@@ -23,13 +23,15 @@ MAX_USAGE_RANGE = timedelta(days=366)
 DEFAULT_USAGE_RANGE = timedelta(days=1)
 MAX_AUDIT_LIMIT = 1000
 DEFAULT_AUDIT_LIMIT = 100
-STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+# ASCII digits only: \d also matches other scripts' digits, which Redis rejects.
+STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+MAX_STREAM_ID_PART = 2**64 - 1
 
 
-def _time_parameter(request: web.Request, name: str, default: datetime) -> datetime:
+def _time_parameter(request: web.Request, name: str) -> datetime | None:
     text = request.query.get(name)
     if text is None:
-        return default
+        return None
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -44,8 +46,14 @@ def _time_parameter(request: web.Request, name: str, default: datetime) -> datet
 async def get_usage(request: web.Request) -> web.Response:
     pool = pool_from_path(request)
     now = datetime.now(UTC)
-    end = _time_parameter(request, "to", now)
-    start = _time_parameter(request, "from", end - DEFAULT_USAGE_RANGE)
+    end = _time_parameter(request, "to") or now
+    start = _time_parameter(request, "from")
+    if start is None:
+        try:
+            start = end - DEFAULT_USAGE_RANGE
+        except OverflowError:
+            raise BadRequest("Invalid query parameter 'to': it leaves no room for the default "
+                             "range of one day before it; pass 'from' as well.") from None
     granularity = request.query.get("granularity", "hour")
     if granularity not in ("hour", "day"):
         raise BadRequest(f"Invalid query parameter 'granularity': {granularity!r}; use hour "
@@ -63,21 +71,32 @@ async def get_usage(request: web.Request) -> web.Response:
 
 def _limit(request: web.Request) -> int:
     text = request.query.get("limit", str(DEFAULT_AUDIT_LIMIT))
-    if not text.isdigit() or not 1 <= int(text) <= MAX_AUDIT_LIMIT:
+    # isdigit() alone accepts characters such as "²" that int() rejects.
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_AUDIT_LIMIT:
         raise BadRequest(f"Invalid query parameter 'limit': {text!r}; use 1 to "
                          f"{MAX_AUDIT_LIMIT}.")
     return int(text)
+
+
+def _before(request: web.Request) -> str | None:
+    """Return the ``before`` cursor as a stream id Redis accepts, or None when absent."""
+    text = request.query.get("before")
+    if text is None:
+        return None
+    found = STREAM_ID.fullmatch(text)
+    if found is None or any(int(part) > MAX_STREAM_ID_PART for part in found.groups()):
+        raise BadRequest(f"Invalid query parameter 'before': {text!r}; pass the 'next' "
+                         "value of the previous page.")
+    milliseconds, sequence = (int(part) for part in found.groups())
+    return f"{milliseconds}-{sequence}"
 
 
 async def get_audit(request: web.Request) -> web.Response:
     tenant = request.query.get("tenant")
     if tenant is None or not ID_PATTERN.match(tenant):
         raise BadRequest("Query parameter 'tenant' is missing or not a valid tenant id.")
-    before = request.query.get("before")
-    if before is not None and not STREAM_ID.match(before):
-        raise BadRequest(f"Invalid query parameter 'before': {before!r}; pass the 'next' "
-                         "value of the previous page.")
-    entries, cursor = await audit_page(request.app[LEDGER], tenant, _limit(request), before)
+    entries, cursor = await audit_page(request.app[LEDGER], tenant, _limit(request),
+                                       _before(request))
     return web.json_response({"tenant": tenant, "entries": entries, "next": cursor})
 
 

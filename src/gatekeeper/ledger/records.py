@@ -117,6 +117,9 @@ async def audit_page(ledger: Ledger, tenant: str, limit: int,
     Raises:
         LedgerUnavailable: when a Redis call fails or times out.
     """
+    if before == "0-0":
+        # No entry is older than 0-0, and Redis rejects the exclusive range "(0-0".
+        return [], None
     newest = "+" if before is None else f"({before}"
     async with ledger.limit:
         with wrap_redis_errors("read_audit", tenant=tenant):
