@@ -87,8 +87,8 @@ async def _handle(request: web.Request, snapshot: Snapshot) -> web.StreamRespons
         check_scopes(identity, route.scopes)
         candidates = resolve_pool(route, tenant, team)
         if route.cost > 0:
-            settlement = await _charge(request[RECORD], request.app[METERING], snapshot, route,
-                                       tenant, candidates)
+            settlement = await _charge(record, request.app[METERING], snapshot, route, tenant,
+                                       candidates)
             pool = settlement.pool
         else:
             pool = candidates[0]
@@ -134,7 +134,7 @@ async def _charge(
         # The client left while the charge was on its way; refund it if it ran.
         _refund_unknown(metering, charge_request)
         raise
-    metrics.LEDGER_SECONDS.labels("charge").observe(time.perf_counter() - started)
+    metrics.CHARGE_SECONDS.observe(time.perf_counter() - started)
 
     route_metrics = metrics.for_route(route.name)
     tenant_metrics = metrics.for_tenant(tenant, route.name) if record.tenant_labels else None

@@ -257,7 +257,7 @@ class Metering:
                 log.error("journal_entry_invalid", op=entry.op, charge_id=entry.charge_id,
                           error=str(error))
                 result = "invalid"
-            metrics.LEDGER_SECONDS.labels("replay").observe(time.perf_counter() - started)
+            metrics.REPLAY_SECONDS.observe(time.perf_counter() - started)
             metrics.JOURNAL_REPLAYED.labels(entry.op, result).inc()
             self.journal.mark_done([entry])
             replayed += 1

@@ -57,6 +57,8 @@ UPSTREAM_SECONDS = Histogram("gatekeeper_upstream_duration_seconds",
 LEDGER_SECONDS = Histogram("gatekeeper_ledger_duration_seconds",
                            "Duration of ledger calls made by the proxy and the journal replay.",
                            ["operation"], buckets=LEDGER_BUCKETS_S)
+CHARGE_SECONDS = LEDGER_SECONDS.labels("charge")
+REPLAY_SECONDS = LEDGER_SECONDS.labels("replay")
 REDIS_ERRORS = Counter("gatekeeper_redis_errors",
                        "Failed Redis calls of the proxy path and the journal replay, by kind "
                        "(timeout, connection, response, deadline).", ["kind"])

@@ -39,7 +39,8 @@ def _from_http_exception(exc: web.HTTPException) -> web.Response:
         "type": PROBLEM_BASE + "http-" + str(exc.status),
         "title": exc.reason,
         "status": exc.status,
-        "detail": exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason,
+        "detail": (exc.text if exc.text and not exc.text.startswith(f"{exc.status}:")
+                   else exc.reason),
     }
     headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
     return web.Response(status=exc.status, text=json.dumps(body),
@@ -76,7 +77,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         _count(record)
         log.info("request", **record.fields())
         raise
-    except Exception:  # noqa: BLE001 - last resort: log with the id, answer 500 without a trace
+    except Exception:  # last resort: log with the id, answer 500 without a trace
         log.exception("request_failed", **record.fields())
         record.error = "internal"
         response = _internal_error(record)

@@ -28,10 +28,8 @@ import contextlib
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -45,15 +43,11 @@ from gatekeeper.errors import ConfigError
 from gatekeeper.ledger import mask_url
 from gatekeeper.metrics import multiprocess_dir
 from gatekeeper.runtime import Source, build_snapshot, read_source
-from gatekeeper.server import WORKER_ENV, WorkerSpec
+from gatekeeper.server import WorkerSpec
+from gatekeeper.workers import TICK_S, Workers, WorkerSlot
 
 log = structlog.get_logger("gatekeeper.supervisor")
 
-TICK_S = 0.1
-RESTART_FIRST_S = 0.5
-RESTART_MAX_S = 30.0
-# A worker that ran this long before exiting restarts after RESTART_FIRST_S again.
-STABLE_AFTER_S = 30.0
 STOP_MARGIN_S = 10.0
 REDIS_CHECK_S = 1.0
 
@@ -78,25 +72,6 @@ def address_of(sock: socket.socket) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-@dataclass(slots=True)
-class WorkerSlot:
-    """One worker position: the process filling it now and its restart state."""
-
-    index: int
-    process: subprocess.Popen[bytes] | None = None
-    control_fd: int | None = None
-    buffer: bytes = b""
-    ready: bool = False
-    started_at: float = 0.0
-    crashes: int = 0
-    restart_at: float | None = None
-    last_pid: int | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
-
-
 class Supervisor:
     """Runs the workers of one ``gatekeeper serve``.
 
@@ -113,9 +88,10 @@ class Supervisor:
         self.workers = workers
         self.state_dir = state_dir
         self.accepted_path = state_dir / "accepted.yaml"
-        self.slots = [WorkerSlot(index) for index in range(workers)]
         self.proxy_socket = bind_socket(config.listen.proxy)
         self.admin_socket = bind_socket(config.listen.admin)
+        self.processes = Workers(workers, source.path, self._spec_for, self._on_ready,
+                                lambda version: self._reload_soon("admin", version))
         self.redis_url = config.redis.url
         self.embedded: EmbeddedRedis | None = None
         self._stop = asyncio.Event()
@@ -135,9 +111,8 @@ class Supervisor:
             print(f"gatekeeper: cannot start the embedded Redis: {error}", file=sys.stderr)
             return 1
         self._write_accepted(self.source)
-        for slot in self.slots:
-            self._spawn(slot)
-        if not await self._wait_until_ready():
+        started = self.processes.start_all()
+        if not started or not await self.processes.wait_until_ready(self._stop):
             code = await self._shutdown()
             return code if self._stop.is_set() else 1
         log.info("gatekeeper_started", proxy=address_of(self.proxy_socket),
@@ -148,136 +123,23 @@ class Supervisor:
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), TICK_S)
-            self._check_workers()
+            self.processes.check()
             await self._check_redis()
         watcher.cancel()
         return await self._shutdown()
 
     # Workers.
 
-    def _spawn(self, slot: WorkerSlot) -> None:
-        read_fd, write_fd = os.pipe()
-        os.set_blocking(read_fd, False)
-        spec = WorkerSpec(config_path=self.source.path, accepted_path=str(self.accepted_path),
+    def _spec_for(self, index: int, control_fd: int) -> WorkerSpec:
+        return WorkerSpec(config_path=self.source.path, accepted_path=str(self.accepted_path),
                           proxy_fd=self.proxy_socket.fileno(), admin_fd=self.admin_socket.fileno(),
-                          control_fd=write_fd, redis_url=self.redis_url,
-                          supervisor_pid=os.getpid(), index=slot.index)
-        try:
-            slot.process = subprocess.Popen(
-                [sys.executable, "-m", "gatekeeper", "serve", "--config", self.source.path,
-                 "--worker"],
-                pass_fds=(spec.proxy_fd, spec.admin_fd, write_fd),
-                env={**os.environ, WORKER_ENV: spec.to_env()},
-                stdin=subprocess.DEVNULL,
-            )
-        finally:
-            os.close(write_fd)
-        slot.control_fd = read_fd
-        slot.buffer = b""
-        slot.ready = False
-        slot.started_at = time.monotonic()
-        slot.restart_at = None
-        slot.last_pid = slot.process.pid
-        asyncio.get_running_loop().add_reader(read_fd, self._on_control, slot)
-        log.info("worker_spawned", index=slot.index, pid=slot.process.pid)
+                          control_fd=control_fd, redis_url=self.redis_url,
+                          supervisor_pid=os.getpid(), index=index)
 
-    def _on_control(self, slot: WorkerSlot) -> None:
-        fd = slot.control_fd
-        if fd is None:
-            return
-        try:
-            data = os.read(fd, 4096)
-        except BlockingIOError:
-            return
-        if not data:
-            self._close_control(slot)
-            return
-        slot.buffer += data
-        *lines, slot.buffer = slot.buffer.split(b"\n")
-        for line in lines:
-            self._on_message(slot, line.decode(errors="replace").strip())
-
-    def _on_message(self, slot: WorkerSlot, message: str) -> None:
-        if message.startswith("ready "):
-            slot.ready = True
-            if message.removeprefix("ready ") != self.source.version and slot.process:
-                # The config was accepted while this worker was starting.
-                slot.process.send_signal(signal.SIGHUP)
-        elif message.startswith("reload "):
-            self._reload_soon("admin", message.removeprefix("reload "))
-        else:
-            log.warning("worker_message_unknown", index=slot.index, pid=slot.pid,
-                        message=message[:80])
-
-    def _close_control(self, slot: WorkerSlot) -> None:
-        if slot.control_fd is not None:
-            asyncio.get_running_loop().remove_reader(slot.control_fd)
-            os.close(slot.control_fd)
-            slot.control_fd = None
-
-    async def _wait_until_ready(self) -> bool:
-        """Wait until every worker reports ready; False when one exits first or on stop."""
-        while not all(slot.ready for slot in self.slots):
-            for slot in self.slots:
-                code = slot.process.poll() if slot.process is not None else None
-                if code is not None:
-                    log.error("worker_failed_to_start", index=slot.index, pid=slot.pid,
-                              exit_code=code)
-                    self._reap(slot)
-                    return False
-            if self._stop.is_set():
-                return False
-            await asyncio.sleep(TICK_S)
-        return True
-
-    def _check_workers(self) -> None:
-        now = time.monotonic()
-        for slot in self.slots:
-            if slot.process is not None and slot.process.poll() is not None:
-                self._on_exit(slot, now)
-            if slot.process is None and slot.restart_at is not None and now >= slot.restart_at:
-                previous = slot.last_pid
-                self._spawn(slot)
-                log.info("worker_restarted", index=slot.index, previous_pid=previous,
-                         pid=slot.pid, crashes=slot.crashes)
-
-    def _on_exit(self, slot: WorkerSlot, now: float) -> None:
-        process = slot.process
-        if process is None:
-            return
-        code = process.returncode
-        ran_s = now - slot.started_at
-        self._reap(slot)
-        slot.crashes = 1 if ran_s >= STABLE_AFTER_S else slot.crashes + 1
-        delay_s = min(RESTART_FIRST_S * 2 ** (slot.crashes - 1), RESTART_MAX_S)
-        slot.restart_at = now + delay_s
-        log.error("worker_exited", index=slot.index, pid=process.pid, exit_code=code,
-                  signal=_signal_name(code), ran_s=round(ran_s, 3), restart_in_s=delay_s)
-
-    def _reap(self, slot: WorkerSlot) -> None:
-        """Forget an exited worker: its pipe and its live-gauge files."""
-        self._close_control(slot)
-        if slot.process is not None:
-            directory = multiprocess_dir()
-            if directory is not None:
-                multiprocess.mark_process_dead(  # type: ignore[no-untyped-call]  # untyped
-                    slot.process.pid, directory)
-        slot.process = None
-        slot.ready = False
-
-    def _any_running(self) -> bool:
-        return any(slot.process is not None and slot.process.poll() is None
-                   for slot in self.slots)
-
-    def _signal_workers(self, signum: int) -> None:
-        """Send ``signum`` to every running worker that has reported ready.
-
-        A starting worker reads the accepted config itself and has no SIGHUP handler yet.
-        """
-        for slot in self.slots:
-            running = slot.process is not None and slot.process.poll() is None
-            if slot.process is not None and running and (slot.ready or signum != signal.SIGHUP):
-                slot.process.send_signal(signum)
+    def _on_ready(self, slot: WorkerSlot, version: str) -> None:
+        if version != self.source.version and slot.process is not None:
+            # The config was accepted while this worker was starting.
+            slot.process.send_signal(signal.SIGHUP)
 
     # Reload.
 
@@ -304,7 +166,7 @@ class Supervisor:
             elif result.result != "unchanged" or trigger != "admin":
                 record_result(result, trigger, previous)
             if result.accepted:
-                self._signal_workers(signal.SIGHUP)
+                self.processes.signal(signal.SIGHUP)
 
     async def _validate(self) -> ReloadResult:
         try:
@@ -366,48 +228,13 @@ class Supervisor:
         # worker closes its own, and new connections are refused.
         self.proxy_socket.close()
         self.admin_socket.close()
-        code = await self._stop_workers(grace_s + STOP_MARGIN_S)
+        code = await self.processes.stop(grace_s + STOP_MARGIN_S)
         for task in list(self._tasks):
             task.cancel()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
         log.info("gatekeeper_stopped", pid=os.getpid())
         return code
-
-    async def _stop_workers(self, wait_s: float) -> int:
-        """Send SIGTERM to every worker, wait up to ``wait_s``, then kill the rest.
-
-        Returns:
-            0 when every worker exited by itself, else 1.
-        """
-        self._signal_workers(signal.SIGTERM)
-        deadline = time.monotonic() + wait_s
-        # Child exits come as SIGCHLD, which asyncio does not expose here, so poll.
-        while self._any_running() and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(TICK_S)
-        code = 0
-        for slot in self.slots:
-            if slot.process is None:
-                continue
-            if slot.process.poll() is None:
-                log.error("worker_killed", index=slot.index, pid=slot.pid, waited_s=wait_s)
-                slot.process.kill()
-                slot.process.wait()
-                code = 1
-            else:
-                log.info("worker_exited", index=slot.index, pid=slot.pid,
-                         exit_code=slot.process.returncode)
-            self._reap(slot)
-        return code
-
-
-def _signal_name(code: int | None) -> str | None:
-    if code is None or code >= 0:
-        return None
-    try:
-        return signal.Signals(-code).name
-    except ValueError:
-        return None
 
 
 def run_supervisor(config_path: str, workers: int | None, state_dir: Path) -> int:

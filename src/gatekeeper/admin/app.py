@@ -71,6 +71,11 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         if error.status < 400:
             raise
         return problem_response(_from_http_exception(error))
+    except Exception:
+        # A bug still gets a problem+json response, without the error text or a traceback.
+        log.exception("admin_request_failed", method=request.method, path=request.path)
+        return problem_response(GatekeeperError("The request failed on the server; nothing "
+                                                "more is known. See the gateway log."))
 
 
 def _actor_for(header: str, tokens: Mapping[str, str]) -> str | None:

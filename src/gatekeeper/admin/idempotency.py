@@ -21,7 +21,7 @@ from aiohttp import web
 
 from gatekeeper.admin.context import IDEMPOTENCY
 from gatekeeper.admin.requests import idempotency_key
-from gatekeeper.errors import Conflict, GatekeeperError, LedgerUnavailable, Unprocessable
+from gatekeeper.errors import Conflict, Unprocessable
 from gatekeeper.ledger import Ledger
 from gatekeeper.ledger.client import wrap_redis_errors
 
@@ -135,7 +135,9 @@ async def run_idempotent(request: web.Request, tenant: str, body: Any,
                                  headers={"Idempotent-Replayed": "true"})
     try:
         response = await operation()
-    except (GatekeeperError, LedgerUnavailable):
+    except Exception:
+        # Any failure frees the key for a retry. The money movement still runs at most once
+        # per key, because the grant and transfer scripts record the key themselves.
         await keys.release(tenant, key)
         raise
     await keys.store(tenant, key, request_hash, response)
