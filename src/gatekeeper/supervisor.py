@@ -1,11 +1,12 @@
 """The supervisor of ``gatekeeper serve``: sockets, embedded Redis, workers, reloads and stop.
 
 The supervisor binds the proxy and admin sockets, starts the embedded Redis when the config
-names one, and starts N worker processes (``gatekeeper.server``) that inherit both
-sockets. Inherited sockets rather than ``SO_REUSEPORT``: every worker accepts from the one
-kernel queue, so connections waiting in the queue of a worker that dies are served by the
-others instead of being reset, port 0 works (tests), and the supervisor can keep the sockets
-to hand to a replacement worker. Workers are new interpreters (``subprocess``), not forks, so
+names one, and starts N worker processes (``gatekeeper.workers``) that inherit both sockets.
+
+Why inherited sockets rather than ``SO_REUSEPORT``: every worker accepts from the one kernel
+queue. So connections waiting in the queue of a worker that dies are served by the others
+instead of being reset. Port 0 works too, and the supervisor keeps the sockets for a
+replacement worker. Workers are new interpreters (``subprocess``), not forks, so
 ``PROMETHEUS_MULTIPROC_DIR`` is in their environment before anything imports
 prometheus-client, and no event loop or thread state is copied.
 
