@@ -86,21 +86,26 @@ async def stop(gateway: GatewayProcess) -> int:
 
 async def test_sighup_reload(tmp_path: Path, redis_url: str, upstream_url: str,
                              session: aiohttp.ClientSession) -> None:
-    gateway = start_gateway(tmp_path, text_for(redis_url, upstream_url, 1, tmp_path))
+    """SIGHUP to the supervisor reaches both workers."""
+    gateway = start_gateway(tmp_path, text_for(redis_url, upstream_url, 1, tmp_path), workers=2)
     try:
         await grant(session, gateway.admin_url, "acme", 100)
+        workers = wait_until(lambda: worker_pids(gateway) if len(worker_pids(gateway)) == 2
+                             else None, what="two workers")
         before = await cost_of_request(session, gateway)
         write_config(gateway.config_path, text_for(redis_url, upstream_url, 2, tmp_path),
                      keep_mtime=True)
         assert gateway.process is not None
         gateway.process.send_signal(signal.SIGHUP)
-        wait_until(lambda: reloaded(gateway, _version(gateway), "sighup"),
-                   what="a worker reloaded by SIGHUP")
+        reloaded_workers = wait_until(
+            lambda: reloaded(gateway, _version(gateway), "sighup") == workers and workers,
+            what="both workers reloaded by SIGHUP")
         after = await cost_of_request(session, gateway)
     finally:
         await stop(gateway)
     assert before == "1"
     assert after == "2"
+    assert reloaded_workers == workers
     assert gateway.find_log("config_reloaded")[0]["trigger"] == "sighup"
 
 

@@ -62,6 +62,18 @@ def served_by(gateway: GatewayProcess) -> set[int]:
     return {int(line["pid"]) for line in gateway.find_log("request") if line.get("route")}
 
 
+async def statuses_of(gateway: GatewayProcess, count: int) -> list[int]:
+    """Send ``count`` requests, each on a new connection, and return their statuses."""
+    statuses = []
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for _ in range(count):
+            async with session.get(f"{gateway.proxy_url}/v1/echo",
+                                   headers=bearer("acme")) as response:
+                statuses.append(response.status)
+    return statuses
+
+
 async def stop(gateway: GatewayProcess) -> int:
     return await asyncio.to_thread(gateway.stop)
 
@@ -75,17 +87,15 @@ async def test_killed_worker_replaced(tmp_path: Path, redis_url: str, upstream_u
                            else None, what="two workers")
         victim = min(first)
         os.kill(victim, signal.SIGKILL)
+        meanwhile = await statuses_of(gateway, 10)
         replacement = wait_until(lambda: worker_pids(gateway) - first, what="a new worker")
-        statuses = []
-        for _ in range(20):
-            async with session.get(f"{gateway.proxy_url}/v1/echo",
-                                   headers=bearer("acme")) as response:
-                statuses.append(response.status)
+        statuses = await statuses_of(gateway, 20)
         exits = gateway.find_log("worker_exited")
         restarts = gateway.find_log("worker_restarted")
     finally:
         code = await stop(gateway)
     assert len(replacement) == 1
+    assert meanwhile == [200] * 10
     assert statuses == [200] * 20
     assert exits[0]["pid"] == victim
     assert exits[0]["signal"] == "SIGKILL"
