@@ -339,7 +339,6 @@ async def test_settle_up_into_debt_then_grant(ledger: Ledger) -> None:
     assert await verified(ledger)
 
 
-@pytest.mark.xfail(strict=True, reason="settle ignores the reserve of ordinary routes")
 async def test_settle_up_keeps_reserve(ledger: Ledger) -> None:
     # The reserve is a floor that only critical routes may spend below.
     await grant(ledger, "acme", 10, "g1")

@@ -198,8 +198,17 @@ async def test_settle_higher_charges_up_to_balance(ledger: Ledger) -> None:
 async def test_settle_higher_uses_overdraft(ledger: Ledger) -> None:
     await grant(ledger, "acme", 10, "g1")
     await configure(ledger, "acme", overdraft="3")
-    await ledger.charge(ChargeRequest("acme", ("acme",), 5, "chat", "c1"))
+    await ledger.charge(ChargeRequest("acme", ("acme",), 5, "chat", "c1", critical=True))
     assert await ledger.settle("acme", "c1", 30) == -3
+    assert await verified(ledger)
+
+
+async def test_settle_higher_stops_at_zero(ledger: Ledger) -> None:
+    # Overdraft is for critical routes only, also when settling up.
+    await grant(ledger, "acme", 10, "g1")
+    await configure(ledger, "acme", overdraft="3")
+    await ledger.charge(ChargeRequest("acme", ("acme",), 5, "chat", "c1"))
+    assert await ledger.settle("acme", "c1", 30) == 0
     assert await verified(ledger)
 
 

@@ -57,7 +57,8 @@ local function finish(allowed, charged, debits)
   local after = balance(pool)
   redis.call('HSET', record, 'pool', pool.name, 'allowed', allowed, 'cost', int(charged),
     'balance', int(after), 'route', route, 'hour', int(hour), 'debits', encode_debits(debits),
-    'borrowed', int(borrowed), 'parent', pool.parent or '', 'refunded', '0')
+    'borrowed', int(borrowed), 'parent', pool.parent or '', 'refunded', '0',
+    'critical', critical and '1' or '0')
   redis.call('EXPIRE', record, record_ttl_s)
   return { pool.name, allowed, charged, after, 0 }
 end

@@ -1,8 +1,8 @@
 -- Settle a charge to the actual cost the upstream reported.
 --
 -- A lower cost gives the difference back to the grants it came from, latest debit first.
--- A higher cost takes the difference from the charged pool, as far as its balance and
--- overdraft allow, never from the parent.
+-- A higher cost takes the difference from the charged pool, never from the parent, down to
+-- the same floor as the charge: the reserve for ordinary routes, -overdraft for critical ones.
 -- KEYS[1] charge record, KEYS[2] usage hash, KEYS[3] usage index,
 -- KEYS[4..] three keys per pool named in ARGV[2..] (the charged pool, then its parent).
 -- ARGV[1] actual cost in tickets.
@@ -15,7 +15,7 @@ for i = 2, #ARGV do table.insert(names, ARGV[i]) end
 
 local record = KEYS[1]
 local charge = redis.call('HMGET', record, 'pool', 'allowed', 'cost', 'route', 'hour',
-  'debits', 'borrowed', 'parent', 'refunded')
+  'debits', 'borrowed', 'parent', 'refunded', 'critical')
 if not charge[1] or charge[2] ~= '1' or charge[9] == '1' then
   return {}
 end
@@ -63,7 +63,8 @@ if actual < cost then
   end
   charged = actual
 elseif actual > cost then
-  local extra = math.max(0, math.min(actual - cost, balance(pool) + pool.overdraft))
+  local floor = floor_of(pool, charge[10] == '1')
+  local extra = math.max(0, math.min(actual - cost, balance(pool) - floor))
   take(pool, extra, debits)
   usage_add(usage, pool.name, hour, charge[4], 'tickets', extra)
   charged = cost + extra
