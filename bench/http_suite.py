@@ -65,6 +65,8 @@ class HttpOptions:
     use_nginx: bool
     rounds: int = 1
     quiet_wait_s: float = 30.0
+    max_other_percent: float = 15.0
+    attempts: int = 3
 
 
 def start_upstream(processes: Processes, work_dir: Path, use_nginx: bool) -> Target:
@@ -129,7 +131,27 @@ def check_target(target: Target) -> None:
 
 def with_server_cpu(target: Target, phase: Callable[[], LoadResult],
                     options: HttpOptions) -> LoadResult:
-    """Run ``phase`` once the server's CPU is quiet; record how busy the server and CPU were."""
+    """Run ``phase`` on a quiet CPU; repeat it while other work disturbed it.
+
+    A phase counts as disturbed when other processes and interrupts took more than
+    ``options.max_other_percent`` of the server's CPU. After ``options.attempts`` tries
+    the least disturbed result is kept.
+    """
+    results = []
+    for _attempt in range(options.attempts):
+        result = _measure_cpu(target, phase, options)
+        results.append(result)
+        if (result.other_on_server_cpu_percent or 0.0) <= options.max_other_percent:
+            break
+        print(f"    other work took {result.other_on_server_cpu_percent:.0f} % of the CPU "
+              "under test; measuring again", flush=True)
+    best = min(results, key=lambda result: result.other_on_server_cpu_percent or 0.0)
+    best.attempts = len(results)
+    return best
+
+
+def _measure_cpu(target: Target, phase: Callable[[], LoadResult],
+                 options: HttpOptions) -> LoadResult:
     busy_before = wait_for_idle_cpu(SUT_CPU, options.quiet_wait_s)
     server_before, cpu_before = cpu_seconds(target.pid), cpu_busy_seconds(SUT_CPU)
     wall_before = time.monotonic()

@@ -40,8 +40,10 @@ class LoadResult:
     # make a run noisy.
     server_cpu_percent: float | None = None
     other_on_server_cpu_percent: float | None = None
-    # How busy the server's CPU was with other work just before the phase started.
+    # How busy the server's CPU was with other work just before the phase started, and
+    # how many times the phase ran because other work disturbed it.
     busy_before_percent: float | None = None
+    attempts: int = 1
     details: dict[str, object] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:

@@ -75,6 +75,9 @@ def parse_args() -> argparse.Namespace:
     load.add_argument("--quiet-wait", type=float, default=30.0,
                       help="seconds to wait before each suite and phase for other work to "
                            "leave the CPU under test below 10%% busy (default 30)")
+    load.add_argument("--attempts", type=int, default=3,
+                      help="runs of a phase at most while other work takes over 15%% of the "
+                           "CPU under test; the least disturbed is kept (default 3)")
     load.add_argument("--loadgen", action="store_true",
                         help="use bench/loadgen.py even when wrk is installed")
     load.add_argument("--no-nginx", action="store_true",
@@ -207,6 +210,7 @@ def run_suite(suite: str, args: argparse.Namespace, processes: Processes, work_d
         connections=args.connections, duration_s=args.duration, warmup_s=args.warmup,
         rate_connections=args.rate_connections, force_loadgen=args.loadgen,
         use_nginx=not args.no_nginx, rounds=args.rounds, quiet_wait_s=args.quiet_wait,
+        attempts=args.attempts,
     )
 
     def profile(targets: dict[str, http_suite.Target],
@@ -250,7 +254,8 @@ def main() -> int:
         "cpu_split": cpu_split(),
         "settings": {"duration_s": args.duration, "warmup_s": args.warmup,
                      "connections": args.connections, "rate_connections": args.rate_connections,
-                     "rounds": args.rounds,
+                     "rounds": args.rounds, "attempts": args.attempts,
+                     "quiet_wait_s": args.quiet_wait,
                      "suites": args.suites},
     }
     print(f"CPUs: {results['cpu_split']}", flush=True)
