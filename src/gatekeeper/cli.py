@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import shutil
 import sys
@@ -114,6 +115,11 @@ def _worker_count(text: str) -> int:
 
 
 def _serve(config_path: str, workers: int | None, worker: bool) -> int:
+    # The supervisor and its workers share stderr. Python writes a printed line and its
+    # newline separately to an unbuffered stderr, so lines of two processes could mix;
+    # line buffering makes each log line one write.
+    if isinstance(sys.stderr, io.TextIOWrapper):
+        sys.stderr.reconfigure(line_buffering=True, write_through=False)
     if worker:
         from gatekeeper.server import worker_main
 
