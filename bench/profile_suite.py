@@ -1,18 +1,20 @@
 """Profile of gatekeeper under load, from py-spy, or pyinstrument when py-spy cannot attach.
 
-py-spy samples the bare proxy and then the gateway from outside (``--nonblocking``, so
-neither is paused) under the same load as the throughput phase, and writes collapsed
-stacks. Each function's share of the samples, times the process's CPU time per request
-(from /proc), gives CPU microseconds per request, which compare directly between the two
-proxies.
+py-spy samples the bare proxy and then the gateway from outside under the same load as the
+throughput phase, and writes collapsed stacks. It pauses the process for each sample.
+NOTE: with ``--nonblocking`` it read stacks while they changed, and it charged 8 µs per
+request to an exception constructor that ``timeit`` puts at 0.5 µs.
+
+Each function's share of the samples, times the process's CPU time per request (from
+/proc), gives CPU microseconds per request, which compare directly between the proxies.
 
 The summary attributes every sample to the innermost frame's package (``aiohttp``,
 ``redis``, ``gatekeeper``...) and lists the functions with the most self and inclusive
 time. Samples whose innermost Python frame is the event loop's ``run`` are time spent in
 uvloop's C code: socket reads and writes, and callbacks that have no Python frame of their
-own. A coroutine resumed by the event loop's C code shows only its own await chain, so the
-inclusive times of handlers are right, but those of the entry points are too low and are
-left out.
+own. Functions on nearly every stack (the entry points) are left out of the inclusive list.
+Only the main thread, which runs the event loop, is counted: py-spy reports idle threads
+of a thread pool as busy while it pauses the process.
 
 When py-spy fails (no ptrace permission, for instance), a second gateway runs under
 ``python -m pyinstrument`` and its text report is kept instead.
@@ -42,8 +44,8 @@ EVENT_LOOP_FRAMES = (
     "run (uvloop/__init__.py)",
     "run_app (aiohttp/web.py)",
 )
-# Entry-point frames that every main-thread stack shares, so their share is not informative.
-ENTRY_FILES = ("gatekeeper/__main__.py", "gatekeeper/cli.py")
+# Functions on at least this share of the stacks are entry points, which tell nothing.
+ENTRY_POINT_SHARE = 0.99
 
 
 def py_spy_binary() -> str | None:
@@ -63,7 +65,7 @@ def record_py_spy(pid: int, url: str, headers: dict[str, str], connections: int,
     if binary is None:
         return "py-spy is not installed", 0.0, 0.0
     command = [binary, "record", "--pid", str(pid), "--duration", f"{duration_s:g}",
-               "--rate", str(SAMPLE_RATE_HZ), "--format", "raw", "--nonblocking",
+               "--rate", str(SAMPLE_RATE_HZ), "--format", "raw", "--threads",
                "--output", str(output)]
     wait_for_idle_cpu(SUT_CPU, QUIET_WAIT_S)
     spy = subprocess.Popen(
@@ -104,12 +106,17 @@ def summarize_collapsed(path: Path, cpu_us_per_request: float) -> dict[str, obje
     by_package: Counter[str] = Counter()
     self_time: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
-    total = 0
+    total = other_threads = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
+        # With --threads, the first frame is "thread (TID): NAME".
+        thread, _, stack = stack.partition(";")
+        if not thread.endswith(": MainThread"):
+            other_threads += count
+            continue
         frames = [_function(frame) for frame in stack.split(";")]
         total += count
         leaf = frames[-1]
@@ -120,7 +127,7 @@ def summarize_collapsed(path: Path, cpu_us_per_request: float) -> dict[str, obje
         for function in set(frames):
             inclusive[function] += count
     if not total or cpu_us_per_request <= 0:
-        return {"samples": total}
+        return {"samples": total, "other_thread_samples": other_threads}
 
     us_per_sample = cpu_us_per_request / total
 
@@ -130,10 +137,11 @@ def summarize_collapsed(path: Path, cpu_us_per_request: float) -> dict[str, obje
 
     gatekeeper_inclusive = Counter({
         name: count for name, count in inclusive.items()
-        if "(gatekeeper/" in name and not name.endswith(tuple(f"({f})" for f in ENTRY_FILES))
+        if "(gatekeeper/" in name and count < ENTRY_POINT_SHARE * total
     })
     return {
         "samples": total,
+        "other_thread_samples": other_threads,
         "us_per_request": round(cpu_us_per_request, 1),
         "by_package_us": per_request(by_package, TOP),
         "self_us": per_request(self_time, TOP),
