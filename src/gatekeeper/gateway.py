@@ -32,6 +32,7 @@ from gatekeeper.auth import check_scopes
 from gatekeeper.config import Route
 from gatekeeper.errors import (
     BadGateway,
+    BadRequest,
     GatewayTimeout,
     LedgerUnavailable,
     NotFound,
@@ -255,6 +256,13 @@ async def _forward(
             await settlement.refund("body_too_large")
         raise PayloadTooLarge("The request body is larger than this route accepts.",
                               headers=settlement.headers() if settlement else {}) from exc
+    except BadRequest as error:
+        # An invalid WebSocket handshake is rejected before anything reaches the upstream.
+        _stop_upstream(record, route)
+        if settlement:
+            await settlement.refund("bad_request")
+            error.headers.update(settlement.headers())
+        raise
     _stop_upstream(record, route)
     if settlement:
         record.cost = settlement.cost

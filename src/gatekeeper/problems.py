@@ -77,6 +77,11 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         _count(record)
         log.info("request", **record.fields())
         raise
+    except ConnectionResetError:
+        # The client closed its connection while its body was still being streamed; the
+        # upstream call was aborted and there is nobody to answer.
+        record.error = "client_disconnected"
+        response = web.Response(status=499, reason="Client Closed Request")
     except Exception:  # last resort: log with the id, answer 500 without a trace
         log.exception("request_failed", **record.fields())
         record.error = "internal"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import aiohttp
 import jwt
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from tests.support import ADMIN_HEADERS, ENV, JWT_SECRET, GatewayProcess, bearer, config_text
 
@@ -133,3 +136,67 @@ def test_token_command_needs_secret(tmp_path: Path) -> None:
     result = run_cli("token", "--config", str(config), "--tenant", "acme", env=env)
     assert result.returncode == 1
     assert "GK_TEST_JWT_SECRET is unset" in result.stderr
+
+
+async def test_client_gone_mid_upload_logged_499(tmp_path: Path, redis_url: str) -> None:
+    received = asyncio.Event()
+
+    async def slow_reader(request: web.Request) -> web.Response:
+        received.set()
+        await request.read()
+        return web.Response(text="done")
+
+    app = web.Application()
+    app.router.add_post("/v1/echo", slow_reader)
+    upstream = TestServer(app, host="127.0.0.1")
+    await upstream.start_server()
+    config = tmp_path / "gatekeeper.yaml"
+    config.write_text(config_text(redis_url=redis_url,
+                                  upstream_url=str(upstream.make_url("")).rstrip("/"),
+                                  routes=ROUTES))
+    gateway = GatewayProcess(config, tmp_path / "gateway.log").start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            headers = {**ADMIN_HEADERS, "Idempotency-Key": "gone-1"}
+            async with session.post(f"{gateway.admin_url}/admin/v1/pools/acme/grants",
+                                    json={"tickets": 5}, headers=headers) as response:
+                assert response.status == 201
+        host, port = gateway.proxy_url.removeprefix("http://").rsplit(":", 1)
+        _, writer = await asyncio.open_connection(host, int(port))
+        head = (f"POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+                f"Authorization: {bearer('acme')['Authorization']}\r\n\r\n")
+        writer.write(head.encode() + b"x" * 1000)
+        await writer.drain()
+        await asyncio.wait_for(received.wait(), 30)
+        writer.close()
+        await writer.wait_closed()
+        for _ in range(300):
+            lines = [line for line in gateway.find_log("request") if line.get("route") == "echo"]
+            if lines:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        gateway.stop()
+        await upstream.close()
+    assert lines[0]["status"] == 499
+    assert not gateway.find_log("request_failed")
+
+
+async def test_malformed_request_keeps_json_log(tmp_path: Path, redis_url: str) -> None:
+    config = tmp_path / "gatekeeper.yaml"
+    config.write_text(config_text(redis_url=redis_url, upstream_url="http://127.0.0.1:1",
+                                  routes=ROUTES))
+    gateway = GatewayProcess(config, tmp_path / "gateway.log").start()
+    try:
+        host, port = gateway.proxy_url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /v1/echo HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 1\r\nContent-Length: 2\r\n\r\nab")
+        status_line = await reader.readline()
+        writer.close()
+    finally:
+        gateway.stop()
+    raw_lines = (tmp_path / "gateway.log").read_text().splitlines()
+    assert status_line.startswith(b"HTTP/1.1 400") or status_line.startswith(b"HTTP/1.0 400")
+    assert len(gateway.log_lines()) == len(raw_lines)
+    assert "Traceback" not in "\n".join(raw_lines)

@@ -111,3 +111,9 @@ def test_pool_template_must_start_with_tenant() -> None:
 
 def test_top_level_must_be_mapping() -> None:
     assert problems("- a\n- b\n") == ["(top level): expected a mapping of keys, got a list"]
+
+
+def test_pattern_climbing_above_root_rejected() -> None:
+    text = BASE.replace("match: {path: /one}", "match: {path_prefix: /a/../..}")
+    assert problems(text)[0].startswith("routes[0].match.path_prefix: ")
+    assert problems(text)[0].endswith("(got '/a/../..')")

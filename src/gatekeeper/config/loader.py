@@ -14,7 +14,8 @@ import yaml
 from pydantic import ValidationError
 
 from gatekeeper.config.model import Config
-from gatekeeper.errors import ConfigError
+from gatekeeper.errors import BadRequest, ConfigError
+from gatekeeper.routing import normalize_path
 
 
 class DuplicateKey(yaml.YAMLError):
@@ -102,6 +103,7 @@ def _cross_check(config: Config) -> list[str]:
             )
         else:
             seen[route.name] = index
+        problems.extend(_check_pattern(index, route.match.path, route.match.path_prefix))
         if route.upstream not in config.upstreams:
             known = ", ".join(sorted(config.upstreams)) or "none defined"
             problems.append(
@@ -109,6 +111,18 @@ def _cross_check(config: Config) -> list[str]:
                 f"(got {route.upstream!r})"
             )
     return problems
+
+
+def _check_pattern(index: int, path: str | None, prefix: str | None) -> list[str]:
+    """Check that a route's pattern normalises the way request paths do."""
+    key, pattern = ("path", path) if path is not None else ("path_prefix", prefix)
+    if pattern is None:
+        return []
+    try:
+        normalize_path(pattern)
+    except BadRequest as error:
+        return [f"routes[{index}].match.{key}: {error.detail} (got {pattern!r})"]
+    return []
 
 
 def parse_config(text: str, file: str = "<config>") -> Config:
