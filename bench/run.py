@@ -102,14 +102,19 @@ def parse_args() -> argparse.Namespace:
 
 
 def machine() -> dict[str, Any]:
-    cpu_model = next((line.split(":", 1)[1].strip()
-                      for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), "unknown")
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+
+    def first(field: str) -> str:
+        return next((line.split(":", 1)[1].strip() for line in cpuinfo
+                     if line.startswith(field)), "unknown")
+
     mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                    if line.startswith("MemTotal:"))
     return {
         "nproc": os.cpu_count(),
-        "cpu_model": cpu_model,
+        "cpu_model": first("model name"),
+        "cpu_mhz": first("cpu MHz"),
+        "virtual_machine": "hypervisor" in first("flags").split(),
         "memory_gib": round(mem_kib / 1024**2, 1),
         "kernel": platform.release(),
         "python": platform.python_version(),
