@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import uvloop
 
 from gatekeeper.ledger import ChargeRequest, Ledger, connect_redis
+from gatekeeper.log import configure_logging
 
 TENANT = "ledgerbench"
 ROUTE = "bench"
@@ -180,6 +181,7 @@ async def memory(args: argparse.Namespace) -> dict[str, Any]:
         granted = await used_memory(ledger)
         await asyncio.gather(*(charge_once(pool) for pool in pools))
         charged = await used_memory(ledger)
+        by_key = await memory_by_key(ledger, pools[0])
     finally:
         await ledger.close()
     return {
@@ -188,7 +190,21 @@ async def memory(args: argparse.Namespace) -> dict[str, Any]:
         "bytes_per_pool_after_one_charge": (charged - before) / args.pools,
         "used_memory_before": before,
         "used_memory_after": charged,
+        "one_pool_bytes_by_key": by_key,
     }
+
+
+async def memory_by_key(ledger: Ledger, tenant: str) -> dict[str, int]:
+    """Return MEMORY USAGE of each key of one tenant, by the key's kind (``pool``, ``audit``...).
+
+    Charge records share the kind ``charge``; the other kinds have one key each.
+    """
+    usage: dict[str, int] = {}
+    pattern = ledger.keys.pools(tenant).rsplit(":", 1)[0] + ":*"
+    async for key in ledger.client.scan_iter(match=pattern):
+        kind = key.split(":")[2]
+        usage[kind] = usage.get(kind, 0) + int(await ledger.client.memory_usage(key, samples=0))
+    return dict(sorted(usage.items()))
 
 
 def main() -> None:
@@ -205,6 +221,8 @@ def main() -> None:
     pools.add_argument("--redis", required=True, help="redis://127.0.0.1:PORT/0")
     pools.add_argument("--pools", type=int, default=2000, help="pools to create")
     args = parser.parse_args()
+    # Warnings and errors only, on stderr: stdout carries the JSON result.
+    configure_logging(level="warning", fmt="json")
     runner = charges if args.command == "charges" else memory
     print(json.dumps(uvloop.run(runner(args))))
 
