@@ -85,6 +85,10 @@ def other_lines(results: dict[str, Any]) -> Iterator[str]:
         yield (f"Redis memory: {memory['bytes_per_pool_with_grant']:,.0f} bytes per pool with one "
                f"grant, {memory['bytes_per_pool_after_one_charge']:,.0f} after one charge "
                f"({memory['pools']:,} pools)")
+        by_key = ", ".join(f"{kind} {size:,}" for kind, size in
+                           sorted(memory.get("one_pool_bytes_by_key", {}).items(),
+                                  key=lambda item: -item[1]))
+        yield f"  MEMORY USAGE of one tenant's keys, bytes: {by_key}"
     stream = results.get("stream", {})
     size = f"{stream.get('bytes', 0) / 1024**3:g} GiB"
     for proxy in ("bare aiohttp proxy", "gatekeeper"):
