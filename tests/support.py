@@ -98,7 +98,8 @@ async def running_gateway(text: str) -> AsyncIterator[Gateway]:
     config = snapshot.config
     client = await connect_redis(config.redis.url, timeout_ms=config.redis.timeout_ms,
                                  max_connections=config.redis.max_connections)
-    ledger = Ledger(client, key_prefix=config.redis.key_prefix)
+    ledger = Ledger(client, key_prefix=config.redis.key_prefix,
+                    charge_ttl_s=config.ledger.charge_ttl_s)
     holder = RuntimeHolder(snapshot)
     await snapshot.start()
     proxy = TestServer(build_proxy_app(holder, ledger), host="127.0.0.1")

@@ -139,15 +139,17 @@ def restart_required(running: Config, candidate: Config) -> list[str]:
     """List the changes between two configs that a reload cannot apply.
 
     ``listen``, ``server`` and ``redis`` belong to the supervisor's sockets, processes and
-    connections; ``ledger.journal_path`` names the open journal files.
+    connections. ``ledger.journal_path`` names the open journal files, and each worker's
+    ledger keeps the ``ledger.charge_ttl_s`` it started with.
 
     Returns:
         One message per changed section, empty when a reload can apply ``candidate``.
     """
     changed = [name for name in ("listen", "server", "redis")
                if getattr(running, name) != getattr(candidate, name)]
-    if running.ledger.journal_path != candidate.ledger.journal_path:
-        changed.append("ledger.journal_path")
+    for name in ("journal_path", "charge_ttl_s"):
+        if getattr(running.ledger, name) != getattr(candidate.ledger, name):
+            changed.append(f"ledger.{name}")
     return [f"{name}: changed; restart the gateway to apply it, a reload cannot"
             for name in changed]
 

@@ -136,7 +136,8 @@ async def run_worker(spec: WorkerSpec) -> None:
     if client is None:
         log.info("worker_stopped", reason="stopped before Redis replied")
         return
-    ledger = Ledger(client, key_prefix=snapshot.config.redis.key_prefix)
+    ledger = Ledger(client, key_prefix=snapshot.config.redis.key_prefix,
+                    charge_ttl_s=snapshot.config.ledger.charge_ttl_s)
     try:
         await _serve(spec, snapshot, ledger, stop, reload_tasks)
     finally:

@@ -7,11 +7,19 @@ not a cost), and lists become tuples so a loaded config cannot be changed in pla
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 StrictStr = Annotated[str, Field(strict=True)]
 StrictBool = Annotated[bool, Field(strict=True)]
@@ -318,6 +326,29 @@ class Route(Model):
 class Ledger(Model):
     max_deferred_tickets: Annotated[int, Field(strict=True, ge=0)] = 1000
     journal_path: StrictStr = "./.gatekeeper/journal"
+    # Seconds Redis keeps a charge record or refund tombstone. It bounds how late a retry,
+    # refund, settlement or journal replay of a charge still finds the record.
+    charge_ttl_s: Annotated[int, Field(strict=True, ge=1)] = 3600
+
+
+# The charge TTL must be at least this many times the largest upstream read_timeout_s, so a
+# charge record outlives the request, its refund and its settlement with room to spare.
+CHARGE_TTL_FACTOR = 3
+
+
+def check_charge_ttl(ledger: Ledger, upstreams: dict[str, Upstream]) -> None:
+    """Raise ``ValueError`` when ``ledger.charge_ttl_s`` is too short for an upstream."""
+    if not upstreams:
+        return
+    name, upstream = max(upstreams.items(), key=lambda item: item[1].read_timeout_s)
+    minimum = math.ceil(CHARGE_TTL_FACTOR * upstream.read_timeout_s)
+    if ledger.charge_ttl_s < minimum:
+        raise ValueError(
+            f"charge_ttl_s must be at least {minimum}, {CHARGE_TTL_FACTOR} times the largest "
+            f"upstream read timeout (upstreams.{name}.read_timeout_s is "
+            f"{upstream.read_timeout_s:g}), so raise it or lower that timeout "
+            f"(got {ledger.charge_ttl_s})"
+        )
 
 
 class Metrics(Model):
@@ -333,5 +364,13 @@ class Config(Model):
     proxy: Proxy = Proxy()
     upstreams: dict[StrictStr, Upstream] = {}
     routes: tuple[Route, ...] = ()
-    ledger: Ledger = Ledger()
+    # Validated also when left out, because the default TTL may be too short for an upstream.
+    ledger: Ledger = Field(default_factory=Ledger, validate_default=True)
     metrics: Metrics = Metrics()
+
+    @field_validator("ledger")
+    @classmethod
+    def _check_charge_ttl(cls, value: Ledger, info: ValidationInfo) -> Ledger:
+        # ``upstreams`` is declared before ``ledger``, so it is in info.data when valid.
+        check_charge_ttl(value, info.data.get("upstreams") or {})
+        return value

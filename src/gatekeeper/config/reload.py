@@ -8,8 +8,8 @@ ends with one ``ReloadResult``:
   started with, which is closed once the last of them ends.
 - ``unchanged``: the file contains the running version (same content hash).
 - ``invalid``: the file cannot be read or fails validation; the running snapshot stays.
-- ``restart_required``: the file changes ``listen``, ``server``, ``redis`` or
-  ``ledger.journal_path``; the running snapshot stays.
+- ``restart_required``: the file changes ``listen``, ``server``, ``redis``,
+  ``ledger.journal_path`` or ``ledger.charge_ttl_s``; the running snapshot stays.
 
 A reload never touches the ledger: balances, pools and grants live in Redis only.
 With several workers the supervisor validates the file first and then sends SIGHUP to each
