@@ -4,8 +4,9 @@
 one process's ``Ledger`` API with many concurrent charges, batched per event-loop tick as
 in the gateway. It then runs ``redis-benchmark`` on the same ``charge`` script with the
 same keys and arguments, so the two rates compare the Python path with the server's limit.
-Every call gets a fresh charge id, so no call is a cheap replay (redis-benchmark draws ids
-from 2e9 values, so about 10 of its 200,000 calls repeat an id).
+The redis-benchmark call is the one ``Ledger.charge`` sent, read with MONITOR. Every call
+gets a fresh charge id, so no call is a cheap replay (redis-benchmark draws ids from 2e9
+values, so about 10 of its 200,000 calls repeat an id).
 
 ``python bench/ledger_bench.py memory --redis URL`` creates N pools with one grant each
 through the Ledger API and reports Redis ``used_memory`` per pool, then per pool after one
@@ -78,19 +79,39 @@ async def ledger_rate(ledger: Ledger, concurrency: int, warmup_s: float,
     }
 
 
-def redis_benchmark_command(ledger: Ledger, host: str, port: int, clients: int,
+async def capture_charge_call(ledger: Ledger) -> list[str]:
+    """Return the arguments of ``EVALSHA`` that one ``Ledger.charge`` sends, from MONITOR.
+
+    Reading the call off the wire keeps the benchmark in step with the ledger's own
+    KEYS and ARGV, whatever ``charge.lua`` expects. The charge id becomes ``__rand_int__``.
+
+    Raises:
+        RuntimeError: MONITOR showed no EVALSHA with the charge id within 5 seconds.
+    """
+    request = charge_request()
+    async with ledger.client.monitor() as monitor:
+        charged = asyncio.create_task(ledger.charge(request))
+        try:
+            async with asyncio.timeout(5):
+                while True:
+                    command = (await monitor.next_command())["command"]
+                    if command.lower().startswith("evalsha") and request.charge_id in command:
+                        break
+        except TimeoutError as exc:
+            raise RuntimeError("MONITOR showed no EVALSHA for the ledger's charge") from exc
+        finally:
+            await charged
+    return command.replace(request.charge_id, "__rand_int__").split(" ")[1:]
+
+
+def redis_benchmark_command(call: list[str], host: str, port: int, clients: int,
                             requests: int) -> list[str] | None:
-    """Return the redis-benchmark call of one charge, as ``Ledger.charge`` sends it."""
+    """Return the redis-benchmark command that repeats ``call`` (EVALSHA's arguments)."""
     binary = shutil.which("redis-benchmark") or shutil.which("valkey-benchmark")
     if binary is None:
         return None
-    pool_keys = ledger.keys.pool(TENANT).as_list()
-    keys = [ledger.keys.charge(TENANT, "__rand_int__"), ledger.keys.usage(TENANT),
-            ledger.keys.usage_index(TENANT), *pool_keys]
-    args = ["1", ROUTE, "0", "0", str(CHARGE_TTL_S), "1", TENANT]
-    sha = ledger.scripts["charge"].sha
     return [binary, "-h", host, "-p", str(port), "-c", str(clients), "-n", str(requests),
-            "-r", str(RANDOM_ID_RANGE), "--csv", "evalsha", sha, str(len(keys)), *keys, *args]
+            "-r", str(RANDOM_ID_RANGE), "--csv", "evalsha", *call]
 
 
 async def check_script_call(ledger: Ledger, command: list[str]) -> None:
@@ -138,13 +159,15 @@ async def charges(args: argparse.Namespace) -> dict[str, Any]:
             "ledger": await ledger_rate(ledger, args.concurrency, args.warmup, args.duration)
         }
         address = urlsplit(args.redis)
-        command = redis_benchmark_command(ledger, address.hostname or "127.0.0.1",
+        call = await capture_charge_call(ledger)
+        command = redis_benchmark_command(call, address.hostname or "127.0.0.1",
                                           address.port or 6379, args.clients, args.requests)
         if command is None:
             result["redis_benchmark_error"] = "redis-benchmark is not installed"
             return result
         await check_script_call(ledger, command)
         result["redis_benchmark"] = run_redis_benchmark(command)
+        result["redis_benchmark"]["evalsha_arguments"] = call
         result["redis_benchmark"]["command"] = " ".join(
             ["redis-benchmark", *command[1:command.index("evalsha") + 3], "..."]
         )
