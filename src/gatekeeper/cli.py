@@ -43,6 +43,16 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gatekeeper",
@@ -66,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--tenant", required=True, help="tenant id to put in the token")
     token.add_argument("--team", default=None, help="team id to put in the token")
     token.add_argument("--scope", action="append", default=[], help="scope; repeat for several")
-    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    token.add_argument("--ttl", type=_positive_int, default=3600,
+                       help="lifetime in seconds (default 3600)")
 
     demo = commands.add_parser("demo", help="run a gateway, sample API and embedded Redis, "
                                             "spend tickets until 402, then keep serving")
@@ -75,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     ledger = commands.add_parser("ledger", help="ledger maintenance")
     ledger_commands = ledger.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
     verify = ledger_commands.add_parser(
-        "verify", help="check conservation of every pool of a tenant; exit 0 or 1"
+        "verify", help="check conservation of every pool of a tenant; exit 0 when every "
+                       "pool balances, 1 when one does not, 2 when Redis cannot be reached"
     )
     _add_config(verify)
     verify.add_argument("--tenant", required=True, help="tenant whose pools are checked")
@@ -84,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_config(path: str) -> int:
     from gatekeeper.config import parse_config
+    from gatekeeper.config.loader import config_warnings
     from gatekeeper.runtime import read_source
 
     try:
@@ -94,6 +107,9 @@ def _check_config(path: str) -> int:
         return 1
     print(f"{path}: OK ({len(config.routes)} routes, {len(config.upstreams)} upstreams, "
           f"version {source.version})")
+
+    for warning in config_warnings(config):
+        print(f"{path}: warning: {warning}", file=sys.stderr)
 
     # Secrets live in the environment of the server, not in the file, so an unset variable
     # here is a warning: the check may run in CI where the secrets are absent.
@@ -164,20 +180,25 @@ def _token(args: argparse.Namespace) -> int:
         return 1
     secret = os.environ.get(issuer.secret_env)
     if not secret:
-        print(f"environment variable {issuer.secret_env} is unset", file=sys.stderr)
+        print(f"environment variable {issuer.secret_env} is unset or empty", file=sys.stderr)
         return 1
-    print(mint_token(
-        secret,
-        tenant=args.tenant,
-        team=args.team,
-        scopes=tuple(args.scope),
-        ttl_s=args.ttl,
-        issuer=issuer.issuer,
-        audience=issuer.audience[0] if issuer.audience else None,
-        algorithm=issuer.algorithms[0],
-        tenant_claim=issuer.tenant_claim,
-        team_claim=issuer.team_claim,
-    ))
+    try:
+        token = mint_token(
+            secret,
+            tenant=args.tenant,
+            team=args.team,
+            scopes=tuple(args.scope),
+            ttl_s=args.ttl,
+            issuer=issuer.issuer,
+            audience=issuer.audience[0] if issuer.audience else None,
+            algorithm=issuer.algorithms[0],
+            tenant_claim=issuer.tenant_claim,
+            team_claim=issuer.team_claim,
+        )
+    except ValueError as exc:
+        print(f"gatekeeper token: {exc}", file=sys.stderr)
+        return 1
+    print(token)
     return 0
 
 
@@ -193,8 +214,8 @@ def _ledger_verify(args: argparse.Namespace) -> int:
         found = running_url(config.redis.data_dir)
         if found is None:
             print(f"no embedded Redis is running for {config.redis.data_dir}; "
-                  "start `gatekeeper serve` first", file=sys.stderr)
-            return 1
+                  "start `gatekeeper serve` with this config first", file=sys.stderr)
+            return 2
         url = found
     return asyncio.run(run_verify(url, config.redis.key_prefix, args.tenant))
 

@@ -1,8 +1,9 @@
 """``gatekeeper demo``: the main job end to end on one machine, with nothing to install.
 
-Starts the sample API from ``examples/``, then ``gatekeeper serve`` with embedded Redis,
-grants the demo tenant a few tickets through the admin API, and spends them with real
-requests until one gets 402. Then it keeps serving and prints a curl command to try.
+Starts the sample API from ``examples/``, then ``gatekeeper serve`` with embedded Redis in
+a fresh data directory, grants the demo tenant a few tickets through the admin API, and
+spends them with real requests until one gets 402. Then it keeps serving and prints a curl
+command to try. It runs from a source checkout, which has the ``examples/`` folder.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +33,8 @@ GRANT = 5
 
 
 LOG_DIR = ROOT / ".gatekeeper"
+DATA_DIR = LOG_DIR / "demo-redis"
+LOG_NAMES = ("demo-upstream.log", "demo-gateway.log")
 
 
 def _start(command: list[str], env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
@@ -42,13 +46,22 @@ def _start(command: list[str], env: dict[str, str], log_name: str) -> subprocess
         )
 
 
+def _last_line(log_name: str) -> str:
+    try:
+        lines = (LOG_DIR / log_name).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
 async def _wait_ready(
     session: aiohttp.ClientSession, url: str, children: list[subprocess.Popen[bytes]]
 ) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if any(child.poll() is not None for child in children):
-            raise RuntimeError(f"a demo process exited early; see the logs in {LOG_DIR}")
+        for child, log_name in zip(children, LOG_NAMES, strict=True):
+            if child.poll() is not None:
+                raise RuntimeError(f"{log_name} ended early: {_last_line(log_name)}")
         try:
             async with session.get(url) as response:
                 if response.status == 200:
@@ -63,6 +76,8 @@ async def _script(admin_token: str, token: str, children: list[subprocess.Popen[
     async with aiohttp.ClientSession() as session:
         await _wait_ready(session, "http://127.0.0.1:8081/public/health", children)
         await _wait_ready(session, f"{ADMIN}/readyz", children)
+        print(f"The sample API listens on 127.0.0.1:8081 and gatekeeper on {PROXY} "
+              f"(admin {ADMIN}); logs in {LOG_DIR}/demo-*.log")
 
         grant = {"tickets": GRANT, "note": "demo grant"}
         headers = {"Authorization": f"Bearer {admin_token}", "Idempotency-Key": uuid.uuid4().hex}
@@ -83,20 +98,33 @@ async def _script(admin_token: str, token: str, children: list[subprocess.Popen[
                     break
 
 
+def _stop_on_signal(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_demo(*, wait: bool = True) -> int:
     """Run the demo; returns the exit code."""
+    if not SAMPLE_API.is_file():
+        print(f"gatekeeper demo runs from a source checkout: {SAMPLE_API} is missing. "
+              "Clone the repository and run `make demo` there.", file=sys.stderr)
+        return 1
+    # The children run in their own sessions, so a SIGTERM or SIGHUP to the demo must stop
+    # them the same way Ctrl-C does.
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGHUP, _stop_on_signal)
+    # Each run starts from an empty ledger, so it always grants five tickets and ends in 402.
+    shutil.rmtree(DATA_DIR, ignore_errors=True)
+
     env = dict(os.environ)
     env["GATEKEEPER_DEMO_JWT_SECRET"] = secrets.token_urlsafe(32)
     env["GATEKEEPER_DEMO_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
     env.setdefault("GATEKEEPER_LOG_FORMAT", "console")
 
     children = [
-        _start([sys.executable, str(SAMPLE_API), "--port", "8081"], env, "demo-upstream.log"),
+        _start([sys.executable, str(SAMPLE_API), "--port", "8081"], env, LOG_NAMES[0]),
         _start([sys.executable, "-m", "gatekeeper", "serve", "--config", str(CONFIG)], env,
-               "demo-gateway.log"),
+               LOG_NAMES[1]),
     ]
-    print(f"Started the sample API on 127.0.0.1:8081 and gatekeeper on {PROXY} "
-          f"(admin {ADMIN}); logs in {LOG_DIR}/demo-*.log")
     token = mint_token(env["GATEKEEPER_DEMO_JWT_SECRET"], tenant=TENANT,
                        issuer="gatekeeper-demo", ttl_s=24 * 3600)
     try:

@@ -61,7 +61,9 @@ def admin_tokens(config: Config, env: Mapping[str, str], file: str) -> dict[str,
     for actor, variable in named.items():
         value = env.get(variable, "")
         if not value:
-            problems.append(f"admin: environment variable {variable} for actor {actor!r} is unset")
+            problems.append(
+                f"admin: environment variable {variable} for actor {actor!r} is unset or empty"
+            )
         else:
             tokens[value] = actor
     if problems:

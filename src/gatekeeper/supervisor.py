@@ -36,6 +36,7 @@ from pathlib import Path
 import structlog
 from prometheus_client import multiprocess
 
+from gatekeeper.config.loader import config_warnings
 from gatekeeper.config.model import Config, split_host_port
 from gatekeeper.config.reload import ReloadRejected, ReloadResult, build_candidate, record_result
 from gatekeeper.config.reload import watch_file as watch_config_file
@@ -120,6 +121,8 @@ class Supervisor:
                  admin=address_of(self.admin_socket), redis=mask_url(self.redis_url),
                  config=self.source.path, version=self.source.version, workers=self.workers,
                  routes=len(self.config.routes), pid=os.getpid())
+        for warning in config_warnings(self.config):
+            log.warning("config_warning", config=self.source.path, warning=warning)
         watcher = loop.create_task(watch_config_file(self.source.path, self._on_file_change))
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):

@@ -135,7 +135,27 @@ def test_token_command_needs_secret(tmp_path: Path) -> None:
     env = {key: value for key, value in os.environ.items() if key != "GK_TEST_JWT_SECRET"}
     result = run_cli("token", "--config", str(config), "--tenant", "acme", env=env)
     assert result.returncode == 1
-    assert "GK_TEST_JWT_SECRET is unset" in result.stderr
+    assert "GK_TEST_JWT_SECRET is unset or empty" in result.stderr
+
+
+def test_token_command_rejects_bad_tenant(tmp_path: Path) -> None:
+    config = tmp_path / "gatekeeper.yaml"
+    config.write_text(config_text(redis_url="embedded", upstream_url="http://127.0.0.1:1",
+                                  routes=ROUTES))
+    result = run_cli("token", "--config", str(config), "--tenant", "a/b",
+                     env={**os.environ, **ENV})
+    assert result.returncode == 1
+    assert result.stderr.startswith("gatekeeper token: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_warns_when_nobody_can_be_served(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    result = run_cli("check-config", str(empty))
+    assert result.returncode == 0
+    assert "warning: routes: no routes are defined" in result.stderr
+    assert "warning: admin: no token_env or tokens" in result.stderr
 
 
 async def test_client_gone_mid_upload_logged_499(tmp_path: Path, redis_url: str) -> None:

@@ -91,32 +91,45 @@ def _describe(error: Any, document: Any) -> str:
     return f"{format_location(location)}: {message} (got {value!r})"
 
 
-def _cross_check(config: Config) -> list[str]:
-    """Check rules that span several keys: unique route names, known upstreams."""
+def _cross_check(document: dict[str, Any]) -> list[str]:
+    """Check rules that span several keys: unique route names, known upstreams, patterns.
+
+    These run on the YAML document itself, so they are reported together with the
+    problems of single fields instead of only after those are fixed.
+    """
+    routes = document.get("routes")
+    upstreams = document.get("upstreams")
+    if not isinstance(routes, list):
+        return []
     problems: list[str] = []
     seen: dict[str, int] = {}
-    for index, route in enumerate(config.routes):
-        if route.name in seen:
+    for index, route in enumerate(routes):
+        if not isinstance(route, dict):
+            continue
+        name = route.get("name")
+        if isinstance(name, str) and name in seen:
             problems.append(
                 f"routes[{index}].name: duplicate route name, first used by "
-                f"routes[{seen[route.name]}] (got {route.name!r})"
+                f"routes[{seen[name]}] (got {name!r})"
             )
-        else:
-            seen[route.name] = index
-        problems.extend(_check_pattern(index, route.match.path, route.match.path_prefix))
-        if route.upstream not in config.upstreams:
-            known = ", ".join(sorted(config.upstreams)) or "none defined"
+        elif isinstance(name, str):
+            seen[name] = index
+        match = route.get("match")
+        if isinstance(match, dict):
+            problems.extend(_check_pattern(index, match.get("path"), match.get("path_prefix")))
+        upstream = route.get("upstream")
+        if isinstance(upstream, str) and isinstance(upstreams, dict) and upstream not in upstreams:
+            known = ", ".join(sorted(map(str, upstreams))) or "none defined"
             problems.append(
-                f"routes[{index}].upstream: unknown upstream, known: {known} "
-                f"(got {route.upstream!r})"
+                f"routes[{index}].upstream: unknown upstream, known: {known} (got {upstream!r})"
             )
     return problems
 
 
-def _check_pattern(index: int, path: str | None, prefix: str | None) -> list[str]:
+def _check_pattern(index: int, path: object, prefix: object) -> list[str]:
     """Check that a route's pattern normalises the way request paths do."""
     key, pattern = ("path", path) if path is not None else ("path_prefix", prefix)
-    if pattern is None:
+    if not isinstance(pattern, str) or not pattern.startswith("/"):
         return []
     try:
         normalize_path(pattern)
@@ -153,16 +166,27 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         kind = type(document).__name__
         raise ConfigError(file, [f"(top level): expected a mapping of keys, got a {kind}"])
 
+    problems = _cross_check(document)
     try:
         config = Config.model_validate(document)
     except ValidationError as exc:
-        problems = [_describe(error, document) for error in exc.errors()]
-        raise ConfigError(file, problems) from None
-
-    problems = _cross_check(config)
+        problems = [_describe(error, document) for error in exc.errors()] + problems
     if problems:
         raise ConfigError(file, problems)
     return config
+
+
+def config_warnings(config: Config) -> list[str]:
+    """List settings that are valid but leave the gateway unable to serve anyone."""
+    warnings: list[str] = []
+    if not config.routes:
+        warnings.append("routes: no routes are defined, so every request gets 404")
+    if not config.auth.jwt and any(route.auth == "jwt" for route in config.routes):
+        warnings.append("auth.jwt: no issuer is configured, so every route with auth: jwt "
+                        "answers 401")
+    if not config.admin.token_env and not config.admin.tokens:
+        warnings.append("admin: no token_env or tokens, so every /admin/v1 call answers 401")
+    return warnings
 
 
 def load_config(path: str | Path) -> Config:
