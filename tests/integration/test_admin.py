@@ -211,3 +211,18 @@ async def test_redis_down_gives_503(private_redis: Callable[..., Any],
     assert response.content_type == PROBLEM
     assert "Retry-After" in response.headers
     await ledger.close()
+
+
+async def test_array_body_named_plainly(admin: TestClient[Any, Any]) -> None:
+    response = await admin.post("/admin/v1/pools/acme/grants", json=[1, 2],
+                                headers=grant_headers("array-1"))
+    body = await response.json()
+    assert response.status == 400
+    assert body["detail"] == "The request body must be a JSON object, not an array."
+
+
+async def test_unencoded_team_pool_hint(admin: TestClient[Any, Any]) -> None:
+    response = await admin.get("/admin/v1/pools/acme/ml", headers=AUTH)
+    body = await response.json()
+    assert response.status == 404
+    assert "acme%2Fml" in body["detail"]

@@ -46,8 +46,11 @@ class MethodNotAllowed(GatekeeperError):
     title = "Method not allowed"
 
 
-def _from_http_exception(error: web.HTTPException) -> GatekeeperError:
+def _from_http_exception(error: web.HTTPException, path: str) -> GatekeeperError:
     if error.status == 404:
+        if path.startswith("/admin/v1/pools/") and path.count("/") > 4:
+            return NotFound("No admin route matches this path. Write a team pool id with "
+                            "its slash encoded, as in /admin/v1/pools/acme%2Fml.")
         return NotFound("No admin route matches this path.")
     if isinstance(error, web.HTTPMethodNotAllowed):
         allowed = ", ".join(sorted(error.allowed_methods))
@@ -70,7 +73,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        return problem_response(_from_http_exception(error))
+        return problem_response(_from_http_exception(error, request.path))
     except Exception:
         # A bug still gets a problem+json response, without the error text or a traceback.
         log.exception("admin_request_failed", method=request.method, path=request.path)

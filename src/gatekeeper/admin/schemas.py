@@ -66,6 +66,8 @@ def parse_body(model: type[BodyT], data: Any) -> BodyT:
     Raises:
         BadRequest: naming the first invalid field and the reason.
     """
+    if not isinstance(data, dict):
+        raise BadRequest(f"The request body must be a JSON object, not {_json_kind(data)}.")
     try:
         return model.model_validate(data)
     except ValidationError as error:
@@ -73,6 +75,11 @@ def parse_body(model: type[BodyT], data: Any) -> BodyT:
         where = ".".join(str(part) for part in first["loc"]) or "body"
         raise BadRequest(f"Invalid field {where!r}: {first['msg']}.",
                          errors=[_public(item) for item in error.errors()]) from None
+
+
+def _json_kind(data: Any) -> str:
+    kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return kinds.get(type(data), "a number")
 
 
 def _public(item: Any) -> dict[str, Any]:
