@@ -169,7 +169,7 @@ class Supervisor:
                 log.info("config_accepted", trigger=trigger, version=reported)
             elif result.result != "unchanged" or trigger != "admin":
                 record_result(result, trigger, previous)
-            if result.accepted:
+            if result.result == "applied":
                 self.processes.signal(signal.SIGHUP)
 
     async def _validate(self) -> ReloadResult:

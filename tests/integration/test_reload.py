@@ -154,6 +154,25 @@ async def test_admin_reload(tmp_path: Path, redis_url: str, upstream_url: str,
     assert cost == "2"
 
 
+async def test_repeated_reload_keeps_applied(tmp_path: Path, redis_url: str,
+                                             upstream_url: str,
+                                             session: aiohttp.ClientSession) -> None:
+    """A second reload of the version just applied does not hide that it was applied."""
+    gateway = start_gateway(tmp_path, text_for(redis_url, upstream_url, 1, tmp_path))
+    url = f"{gateway.admin_url}/admin/v1/config"
+    try:
+        write_config(gateway.config_path, text_for(redis_url, upstream_url, 2, tmp_path),
+                     keep_mtime=True)
+        _status, first = await admin_json(session, "POST", f"{url}/reload")
+        _status, second = await admin_json(session, "POST", f"{url}/reload")
+        _status, shown = await admin_json(session, "GET", url)
+    finally:
+        await stop(gateway)
+    assert first["result"] == "applied"
+    assert second["result"] == "unchanged"
+    assert shown["last_reload"]["result"] == "applied"
+
+
 async def test_admin_reload_needs_token(tmp_path: Path, redis_url: str, upstream_url: str,
                                         session: aiohttp.ClientSession) -> None:
     gateway = start_gateway(tmp_path, text_for(redis_url, upstream_url, 1, tmp_path))

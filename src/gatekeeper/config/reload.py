@@ -173,7 +173,11 @@ class Reloader:
                      version=result.version, previous=previous)
         if trigger == "admin" and result.result == "applied" and self._on_admin_applied:
             self._on_admin_applied(result.version)
-        self.last = result
+        # A second signal for a version already applied must not hide that it was applied.
+        repeated = (result.result == "unchanged" and self.last is not None
+                    and self.last.result == "applied" and self.last.version == result.version)
+        if not repeated:
+            self.last = result
         return result
 
     async def _attempt(self, read: Callable[[], Source]) -> ReloadResult:
