@@ -143,13 +143,14 @@ async def _charge(
     record.balance = charge.balance
     if record.tenant_labels:
         metrics.POOL_BALANCE.labels(charge.pool).set(charge.balance)
+    record.cost = route.cost
     if not charge.allowed:
-        record.cost = 0
+        record.charged = 0
         route_metrics.payment_required.inc()
         if tenant_metrics is not None:
             tenant_metrics.payment_required.inc()
         raise PaymentRequired(pool=charge.pool, cost=route.cost, balance=charge.balance)
-    record.cost = route.cost
+    record.charged = route.cost
     route_metrics.charged.inc(route.cost)
     if tenant_metrics is not None:
         tenant_metrics.charged.inc(route.cost)
@@ -213,6 +214,7 @@ async def _defer(
         tenant_metrics.charged.inc(route.cost)
     record.pool = charge_request.pools[0]
     record.cost = route.cost
+    record.charged = route.cost
     record.metering = "deferred"
     return Settlement(metering, route, record, route_metrics, tenant_metrics,
                       charge_request.charge_id, charge_request.tenant, charge_request.pools[0],
@@ -265,7 +267,7 @@ async def _forward(
         raise
     _stop_upstream(record, route)
     if settlement:
-        record.cost = settlement.cost
+        record.charged = settlement.cost
         record.balance = settlement.balance
     return response
 

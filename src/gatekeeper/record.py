@@ -39,7 +39,9 @@ class RequestRecord:
     route: str | None = None
     tenant: str | None = None
     pool: str | None = None
+    # The route's price, and the tickets this request really cost after refunds and settling.
     cost: int | None = None
+    charged: int | None = None
     balance: int | None = None
     status: int | None = None
     error: str | None = None
@@ -72,6 +74,7 @@ class RequestRecord:
             "tenant": self.tenant,
             "pool": self.pool,
             "cost": self.cost,
+            "charged": self.charged,
             "balance": self.balance,
             "upstream_ms": self.upstream_ms,
             "metering": self.metering,

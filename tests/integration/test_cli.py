@@ -109,6 +109,8 @@ async def test_canonical_line_without_secrets(tmp_path: Path, redis_url: str) ->
     assert len(lines) == 1
     assert {"request_id", "tenant", "pool", "route", "cost", "balance", "status"} <= set(lines[0])
     assert lines[0]["status"] == 402
+    assert lines[0]["cost"] == 1
+    assert lines[0]["charged"] == 0
     assert headers["Authorization"].split()[1] not in text
     assert "integration-admin-token" not in text
     assert "integration-test-secret" not in text
