@@ -7,7 +7,7 @@ builds an error body by hand and no stack trace ever reaches a client.
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 PROBLEM_BASE = "https://gatekeeper.dev/problems/"
 
@@ -188,8 +188,27 @@ class GatewayTimeout(GatekeeperError):
     title = "Upstream timeout"
 
 
+LedgerErrorKind = Literal["timeout", "connection", "busy", "script", "response"]
+
+
 class LedgerUnavailable(Exception):
-    """Redis did not answer in time or refused the call; wraps the client error."""
+    """A ledger call that failed; wraps the client error.
+
+    Attributes:
+        kind: ``timeout`` (no reply in time), ``connection`` (no connection, or it broke),
+            ``busy`` (every connection of this process was in use for the whole wait),
+            ``response`` (Redis rejected the command for a state that passes, such as
+            READONLY during a failover or OOM) or ``script`` (the call failed on its own
+            input, such as an error raised by a ledger script, so a resend fails again).
+        may_have_run: False only when the call certainly did not run on Redis, so a
+            charge sent with it needs no refund.
+    """
+
+    def __init__(self, message: str, *, kind: LedgerErrorKind = "connection",
+                 may_have_run: bool = True) -> None:
+        super().__init__(message)
+        self.kind: LedgerErrorKind = kind
+        self.may_have_run = may_have_run
 
 
 class ConfigError(Exception):

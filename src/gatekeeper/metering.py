@@ -4,7 +4,8 @@ The request path consults ``Metering`` before and after it calls the ledger:
 
 - ``up`` is False from the first Redis call that failed with a timeout or a connection error
   until a probe (PING every ``PROBE_INTERVAL_S``) succeeds. While it is False the request
-  path does not call Redis at all, so no request waits for a dead server.
+  path does not call Redis at all, so no request waits for a dead server. A call that found
+  no free connection (kind ``busy``) or that Redis rejected leaves ``up`` as it is.
 - ``defer_charge`` journals the charge of a ``fail_open`` request, bounded per pool and per
   process by ``ledger.max_deferred_tickets``.
 - ``later`` journals a refund or settlement that could not reach Redis, and the refund of a
@@ -45,6 +46,12 @@ PROBE_INTERVAL_S = 0.25
 DEADLINE_FACTOR = 3
 # A replay round that finds nothing ready sleeps at most this long before looking again.
 IDLE_WAIT_S = 1.0
+# A replay round stopped by a full connection pool or a rejecting Redis (kinds ``busy`` and
+# ``response``) waits this long before the next one.
+RETRY_WAIT_S = 0.25
+# Error kinds after which this process stops calling Redis until a probe succeeds.
+DOWN_KINDS = ("timeout", "connection")
+ERROR_KINDS = ("timeout", "connection", "busy", "response", "script", "deadline")
 
 
 class DeferredTickets:
@@ -99,8 +106,7 @@ class Metering:
         self._down_since = 0.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._errors = {kind: metrics.REDIS_ERRORS.labels(kind)
-                        for kind in ("timeout", "connection", "response", "deadline", "other")}
+        self._errors = {kind: metrics.REDIS_ERRORS.labels(kind) for kind in ERROR_KINDS}
         metrics.LEDGER_UP.set(1)
 
     async def start(self) -> None:
@@ -131,9 +137,9 @@ class Metering:
                 That counts as ``deadline`` and leaves Redis marked up, because a busy event
                 loop, not Redis, is the likely cause.
         """
-        kind = "deadline" if deadline else metrics.redis_error_kind(error)
+        kind = "deadline" if deadline else error_kind(error)
         self._errors[kind].inc()
-        if kind in ("timeout", "connection", "other") and self.up:
+        if kind in DOWN_KINDS and self.up:
             self.up = False
             self._down_since = time.monotonic()
             metrics.LEDGER_UP.set(0)
@@ -202,7 +208,8 @@ class Metering:
                 self._set_up()
             ready = self.journal.ready()
             if ready:
-                await self._replay(ready)
+                if not await self._replay(ready) and self.up:
+                    await asyncio.sleep(RETRY_WAIT_S)
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -232,26 +239,32 @@ class Metering:
             log.error("journal_adopt_failed", directory=str(self.journal.directory),
                       error=str(error))
 
-    async def _replay(self, entries: list[Entry]) -> None:
-        """Replay ``entries`` in order; stop at the first Redis failure."""
+    async def _replay(self, entries: list[Entry]) -> bool:
+        """Replay ``entries`` in order; stop at the first failure that a retry may cure.
+
+        Returns:
+            True when every entry was replayed or dropped, False when the round stopped.
+        """
         replayed = 0
+        finished = True
         for entry in entries:
             started = time.perf_counter()
             try:
                 async with asyncio.timeout(self.deadline_s):
                     result = await self._apply(entry)
             except LedgerUnavailable as error:
-                if metrics.redis_error_kind(error) != "response":
-                    self.failed(error)
-                    break
-                # Redis replied with an error for this entry, so retrying cannot help.
                 self.failed(error)
+                if error.kind != "script":
+                    finished = False
+                    break
+                # The call failed on the entry itself, so retrying cannot help.
                 log.error("journal_entry_failed", op=entry.op, charge_id=entry.charge_id,
                           error=str(error))
                 result = "failed"
             except TimeoutError as error:
                 # The entry stays pending; the next round retries it.
                 self.failed(error, deadline=True)
+                finished = False
                 break
             except ValueError as error:
                 log.error("journal_entry_invalid", op=entry.op, charge_id=entry.charge_id,
@@ -264,6 +277,7 @@ class Metering:
         metrics.JOURNAL_PENDING.set(self.journal.pending_count)
         if replayed:
             log.info("journal_replayed", entries=replayed, pending=self.journal.pending_count)
+        return finished
 
     async def _apply(self, entry: Entry) -> str:
         """Send one entry to the ledger and return the result label for metrics."""
@@ -300,6 +314,13 @@ class Metering:
 
 
 METERING: web.AppKey[Metering] = web.AppKey("metering", Metering)
+
+
+def error_kind(error: BaseException) -> str:
+    """Return the error kind of a failed ledger call; a bare timeout counts as ``timeout``."""
+    if isinstance(error, LedgerUnavailable):
+        return error.kind
+    return "timeout"
 
 
 def _log_replay_stopped(task: asyncio.Task[None]) -> None:

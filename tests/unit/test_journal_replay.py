@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import ReadOnlyError, ResponseError
 
 from gatekeeper.errors import LedgerUnavailable
 from gatekeeper.journal import Journal
 from gatekeeper.ledger import ChargeRequest, ChargeResult
+from gatekeeper.ledger.client import classify
 from gatekeeper.metering import DeferredTickets, Metering
 
 
@@ -49,7 +50,9 @@ class FakeLedger:
 
 
 def unavailable(cause: Exception) -> LedgerUnavailable:
-    error = LedgerUnavailable(str(cause))
+    """Wrap ``cause`` as the ledger does for a failed script call."""
+    kind, may_have_run = classify(cause, script=True)
+    error = LedgerUnavailable(str(cause), kind=kind, may_have_run=may_have_run)
     error.__cause__ = cause
     return error
 
@@ -127,12 +130,32 @@ async def test_connection_error_stops_replay(metering: Metering, ledger: FakeLed
     assert metering.deferred.total == 4
 
 
-async def test_response_error_skips_entry(metering: Metering, ledger: FakeLedger) -> None:
+async def test_script_error_skips_entry(metering: Metering, ledger: FakeLedger) -> None:
     metering.later("refund", "acme", "c1", "echo", 1)
     ledger.fail = unavailable(ResponseError("charge record names pool x, not y"))
     await metering._replay(metering.journal.ready())
     assert metering.up
     assert metering.journal.pending_count == 0
+
+
+async def test_rejected_call_keeps_entry(metering: Metering, ledger: FakeLedger) -> None:
+    # READONLY during a failover passes, so the entry waits for the next round.
+    await metering.defer_charge(charge_request("c1"), limit=10)
+    ledger.fail = unavailable(ReadOnlyError("You can't write against a read only replica."))
+    finished = await metering._replay(metering.journal.ready())
+    assert not finished
+    assert metering.up
+    assert metering.journal.pending_count == 1
+    assert metering.deferred.total == 2
+
+
+async def test_busy_pool_keeps_entry_and_up(metering: Metering, ledger: FakeLedger) -> None:
+    await metering.defer_charge(charge_request("c1"), limit=10)
+    ledger.fail = unavailable(RedisConnectionError("No connection available."))
+    finished = await metering._replay(metering.journal.ready())
+    assert not finished
+    assert metering.up
+    assert metering.journal.pending_count == 1
 
 
 async def test_unknown_outcome_waits(metering: Metering) -> None:
@@ -157,6 +180,19 @@ async def test_failed_call_marks_down(metering: Metering) -> None:
 async def test_response_error_keeps_up(metering: Metering) -> None:
     metering.failed(unavailable(ResponseError("NOSCRIPT")))
     assert metering.up
+
+
+async def test_busy_error_keeps_up(metering: Metering) -> None:
+    metering.failed(LedgerUnavailable("no free connection", kind="busy", may_have_run=False))
+    assert metering.up
+
+
+async def test_error_counted_by_kind(metering: Metering) -> None:
+    labels = {"kind": "busy"}
+    before = REGISTRY.get_sample_value("gatekeeper_redis_errors_total", labels) or 0.0
+    metering.failed(LedgerUnavailable("no free connection", kind="busy", may_have_run=False))
+    after = REGISTRY.get_sample_value("gatekeeper_redis_errors_total", labels) or 0.0
+    assert after - before == 1
 
 
 async def test_probe_brings_up(metering: Metering, ledger: FakeLedger) -> None:

@@ -18,7 +18,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from gatekeeper.errors import LedgerUnavailable
 from gatekeeper.ledger import lua
-from gatekeeper.ledger.client import REDIS_ERRORS, RedisClient
+from gatekeeper.ledger.client import REDIS_ERRORS, RedisClient, classify, unavailable
 
 log = structlog.get_logger("gatekeeper.ledger.batch")
 
@@ -72,15 +72,12 @@ class ChargeBatcher:
         try:
             async with self._limit:
                 await self._send(batch, loads_left=lua.MAX_SCRIPT_LOADS)
+        except LedgerUnavailable as failure:
+            # The limit found no free connection in time, so no charge of the batch was sent.
+            self._fail_all(batch, failure)
         except REDIS_ERRORS as error:
-            log.warning("ledger_batch_failed", size=len(batch), error=str(error),
-                        error_type=type(error).__name__,
-                        charge_ids=[call.charge_id for call in batch])
-            failure = LedgerUnavailable(f"Redis call for charge failed: {error}")
-            failure.__cause__ = error
-            for call in batch:
-                if not call.future.done():
-                    call.future.set_exception(failure)
+            ids = {"size": len(batch), "charge_ids": [call.charge_id for call in batch]}
+            self._fail_all(batch, unavailable("charge", error, ids, script=True))
         finally:
             # NOTE: an unexpected error escapes this task; cancel its calls so no caller
             # waits forever.
@@ -109,11 +106,19 @@ class ChargeBatcher:
             await self._send(missing, loads_left=loads_left - 1)
 
     def _fail(self, call: _Call, error: ResponseError) -> None:
-        log.warning("ledger_charge_failed", charge_id=call.charge_id, error=str(error))
-        failure = LedgerUnavailable(f"charge script failed for charge {call.charge_id}: {error}")
+        kind, may_have_run = classify(error, script=True)
+        log.warning("ledger_charge_failed", charge_id=call.charge_id, kind=kind, error=str(error))
+        failure = LedgerUnavailable(f"charge script failed for charge {call.charge_id}: {error}",
+                                    kind=kind, may_have_run=may_have_run)
         failure.__cause__ = error
         if not call.future.done():
             call.future.set_exception(failure)
+
+    @staticmethod
+    def _fail_all(batch: list[_Call], failure: LedgerUnavailable) -> None:
+        for call in batch:
+            if not call.future.done():
+                call.future.set_exception(failure)
 
     async def close(self) -> None:
         """Wait for the flushes in flight."""

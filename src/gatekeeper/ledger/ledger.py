@@ -16,7 +16,12 @@ import structlog
 from gatekeeper.errors import LedgerUnavailable
 from gatekeeper.ledger import lua
 from gatekeeper.ledger.batch import ChargeBatcher
-from gatekeeper.ledger.client import RedisClient, call_limit, wrap_redis_errors
+from gatekeeper.ledger.client import (
+    RedisClient,
+    call_limit,
+    wrap_redis_errors,
+    wrap_script_errors,
+)
 from gatekeeper.ledger.keys import KeyBuilder, split_pool
 from gatekeeper.ledger.models import (
     ChargeRequest,
@@ -91,6 +96,8 @@ class Ledger:
         self._batcher = ChargeBatcher(client, self.scripts["charge"], self.limit)
         self._registered = False
         self._registering = asyncio.Lock()
+        # The last PING's outcome; ``ping`` logs only when it changes.
+        self._ping_ok = True
 
     async def _register_scripts(self) -> None:
         """Load every script once, before the first call; NOSCRIPT handles later losses.
@@ -103,7 +110,7 @@ class Ledger:
             if self._registered:
                 return
             async with self.limit:
-                with wrap_redis_errors("register_scripts"):
+                with wrap_script_errors("register_scripts"):
                     for script in self.scripts.values():
                         await lua.register(self.client, script)
             self._registered = True
@@ -117,7 +124,7 @@ class Ledger:
     async def _run(self, name: str, keys: list[str], args: list[Any], **ids: object) -> Any:
         await self._register_scripts()
         async with self.limit:
-            with wrap_redis_errors(name, **ids):
+            with wrap_script_errors(name, **ids):
                 return await lua.run(self.client, self.scripts[name], keys, args)
 
     def _pool_keys(self, pools: list[str]) -> list[str]:
@@ -390,13 +397,25 @@ class Ledger:
         return pool_object(pool, reply)
 
     async def ping(self) -> bool:
-        """Send PING; return False on any Redis error."""
+        """Send PING; return False on any Redis error.
+
+        Readiness probes call this every few seconds, so only a change is logged:
+        ``ledger_ping_failed`` at the first failure, ``ledger_ping_recovered`` at the next
+        success.
+        """
         try:
             async with self.limit:
-                with wrap_redis_errors("ping"):
-                    return bool(await self.client.ping())
-        except LedgerUnavailable:
+                with wrap_redis_errors("ping", quiet=True):
+                    reachable = bool(await self.client.ping())
+        except LedgerUnavailable as error:
+            if self._ping_ok:
+                log.warning("ledger_ping_failed", kind=error.kind, error=str(error))
+            self._ping_ok = False
             return False
+        if not self._ping_ok:
+            log.info("ledger_ping_recovered")
+        self._ping_ok = True
+        return reachable
 
     async def close(self) -> None:
         """Wait for charges in flight, then close the client's connections."""
