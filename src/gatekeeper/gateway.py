@@ -124,8 +124,9 @@ async def _charge(
     except LedgerUnavailable as error:
         metering.failed(error)
         log.warning("ledger_unavailable", route=route.name, charge_id=charge_request.charge_id,
-                    error=str(error))
-        return await _ledger_failed(record, metering, snapshot, route, charge_request, sent=True)
+                    kind=error.kind, error=str(error))
+        return await _ledger_failed(record, metering, snapshot, route, charge_request,
+                                    sent=error.may_have_run)
     except TimeoutError as error:
         metering.failed(error, deadline=True)
         log.warning("ledger_timed_out", route=route.name, charge_id=charge_request.charge_id,

@@ -19,6 +19,7 @@ import pytest
 import redis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from prometheus_client import REGISTRY
 
 from gatekeeper.embedded import EmbeddedRedis
 from tests.support import (
@@ -32,6 +33,7 @@ from tests.support import (
     grant,
     metric,
     read_metrics,
+    running_gateway,
     start_gateway,
     wait_until_async,
 )
@@ -373,3 +375,29 @@ async def test_abandoned_charges_no_leak(tmp_path: Path, durable_redis: Embedded
     assert refunds[0] > 0
     # The gateway's two pooled connections and this test's client.
     assert clients["connected_clients"] <= 3
+
+
+async def test_busy_pool_not_down(tmp_path: Path, redis_url: str, upstream_url: str,
+                                  session: aiohttp.ClientSession) -> None:
+    """A charge that finds every pooled connection in use gets 503, but Redis stays up and
+    no refund is journaled, because the charge was never sent."""
+    text = gateway_config(tmp_path, redis_url, upstream_url, "fail_closed").replace(
+        f"redis: {{url: '{redis_url}'}}", f"redis: {{url: '{redis_url}', max_connections: 1}}")
+    async with running_gateway(text) as gateway:
+        await gateway.grant(session, "acme", 10)
+        pool = gateway.ledger.client.connection_pool
+        connection = await pool.get_connection()
+        try:
+            async with session.get(f"{gateway.proxy_url}/v1/echo",
+                                   headers=bearer("acme")) as response:
+                status = response.status
+            up = REGISTRY.get_sample_value("gatekeeper_ledger_up")
+            pending = REGISTRY.get_sample_value("gatekeeper_journal_pending_entries")
+        finally:
+            await pool.release(connection)
+        found = await gateway.ledger.get_pool("acme")
+    assert status == 503
+    assert up == 1
+    assert pending == 0
+    assert found is not None
+    assert found["balance"] == 10
