@@ -15,11 +15,9 @@ The request path consults ``Metering`` before and after it calls the ledger:
 A background task replays journal entries into Redis whenever Redis answers, oldest first.
 Charges carry their original id and the ledger's charge script is idempotent per id, so an
 entry replayed twice (after a crash between the call and its done marker) charges once.
-
-NOTE: the ledger has no charge that may go into debt without limit. A deferred charge is
-replayed as a critical charge, which may spend the reserve and the overdraft; what the pool
-still cannot pay is logged as ``deferred_charge_unpaid`` and counted in
-``gatekeeper_deferred_unpaid_tickets_total``, so it is visible but not recorded as debt.
+A deferred charge is replayed as a ``deferred`` ledger charge, which is never refused: what
+the pool cannot pay becomes its debt. Only a charge whose candidate pools do not exist
+stays unpaid (``deferred_charge_unpaid``).
 """
 
 from __future__ import annotations
@@ -285,19 +283,39 @@ class Metering:
             balance = await self.ledger.refund(entry.tenant, entry.charge_id)
             return "no_charge" if balance is None else "refunded"
         if entry.op == "settle":
-            await self.ledger.settle(entry.tenant, entry.charge_id, entry.actual)
-            return "settled"
+            return await self._apply_settle(entry)
+        return await self._apply_charge(entry)
+
+    async def _apply_settle(self, entry: Entry) -> str:
+        settled = await self.ledger.settle(entry.tenant, entry.charge_id, entry.actual)
+        if settled is None:
+            return "no_charge"
+        if settled.charged != entry.actual:
+            log.warning("actual_cost_capped", charge_id=entry.charge_id, reported=entry.actual,
+                        charged=settled.charged, balance=settled.balance, replayed=True)
+        return "settled"
+
+    async def _apply_charge(self, entry: Entry) -> str:
+        # A shadow route charges only what the pool can pay, also when replayed.
         request = ChargeRequest(tenant=entry.tenant, pools=entry.pools, cost=entry.cost,
                                 route=entry.route, charge_id=entry.charge_id,
-                                critical=not entry.shadow, shadow=entry.shadow)
+                                critical=entry.critical, shadow=entry.shadow,
+                                deferred=not entry.shadow)
         charge = await self.ledger.charge(request)
         self.deferred.remove(entry.pool, entry.cost)
+        if charge.cancelled:
+            # A refund of this charge id was replayed first and left a tombstone.
+            log.info("deferred_charge_cancelled", charge_id=entry.charge_id, pool=charge.pool)
+            return "cancelled"
         if charge.allowed:
             return "charged"
-        metrics.DEFERRED_UNPAID.inc(entry.cost)
-        log.error("deferred_charge_unpaid", charge_id=entry.charge_id, pool=charge.pool,
-                  cost=entry.cost, balance=charge.balance, route=entry.route)
-        return "unpaid"
+        # Deferred and shadow charges are refused only when no candidate pool exists.
+        if not entry.shadow:
+            metrics.DEFERRED_UNPAID.inc(entry.cost)
+            log.error("deferred_charge_unpaid", charge_id=entry.charge_id,
+                      pools=list(entry.pools), cost=entry.cost, route=entry.route,
+                      reason="no candidate pool exists")
+        return "no_pool"
 
     async def close(self, budget_s: float) -> None:
         """Stop replaying after one last round of at most ``budget_s``, then close the journal."""

@@ -111,24 +111,45 @@ class Settlement:
             return
         actual = int(reported)
         charged = self.cost
-        self.cost = actual
-        if actual > charged:
-            self._count_charged(actual - charged)
-        elif actual < charged:
-            self._count_refunded(charged - actual)
         if self.deferred or not self.metering.up:
+            # The journal settles it later. A deferred charge is then settled in full, and
+            # another one may still stop at its floor (logged as actual_cost_capped).
+            self._set_cost(actual)
             self._later("settle", charged, actual)
             return
         try:
             async with asyncio.timeout(self.metering.deadline_s):
-                self.balance = await self.metering.ledger.settle(self.tenant, self.charge_id,
-                                                                 actual)
+                settled = await self.metering.ledger.settle(self.tenant, self.charge_id,
+                                                            actual)
         except LedgerUnavailable as error:
             self.metering.failed(error)
+            self._set_cost(actual)
             self._later("settle", charged, actual)
+            return
         except TimeoutError as error:
             self.metering.failed(error, deadline=True)
+            self._set_cost(actual)
             self._later("settle", charged, actual)
+            return
+        if settled is None:
+            # The charge record expired or was refunded since the charge; nothing changed.
+            log.warning("settle_found_no_charge", charge_id=self.charge_id, pool=self.pool,
+                        reported=actual)
+            return
+        if settled.charged != actual:
+            log.warning("actual_cost_capped", charge_id=self.charge_id, pool=self.pool,
+                        reported=actual, charged=settled.charged, balance=settled.balance)
+        self._set_cost(settled.charged)
+        self.balance = settled.balance
+        _show_balance(self.record, self.pool, settled.balance)
+
+    def _set_cost(self, cost: int) -> None:
+        """Make ``cost`` the request's charge and count the change in the metrics."""
+        if cost > self.cost:
+            self._count_charged(cost - self.cost)
+        elif cost < self.cost:
+            self._count_refunded(self.cost - cost)
+        self.cost = cost
 
     def _later(self, op: str, cost: int, actual: int = 0) -> None:
         self.metering.later(op, self.tenant, self.charge_id, self.route.name, cost,

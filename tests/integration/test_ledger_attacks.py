@@ -24,6 +24,7 @@ from gatekeeper.ledger import (
     InsufficientTickets,
     Ledger,
     PoolFull,
+    SettleResult,
     connect_redis,
 )
 from gatekeeper.ledger.models import MAX_TICKETS
@@ -112,7 +113,7 @@ async def test_big_counts_stay_exact(ledger: Ledger, ledger_store: redis.Redis,
     assert result.grant["tickets"] == tickets
     spent = await ledger.charge(charge("acme", tickets - 1, "c1"))
     assert spent.balance == 1
-    assert await ledger.settle("acme", "c1", tickets) == 0
+    assert await ledger.settle("acme", "c1", tickets) == SettleResult(tickets, 0)
     assert await ledger.refund("acme", "c1") == tickets
     grants = ledger_store.hgetall("gk:{acme}:grant:acme")
     assert grants[f"{result.grant['id']}:remaining"] == str(tickets)
@@ -287,7 +288,7 @@ async def test_refund_by_other_tenant(ledger: Ledger) -> None:
 async def test_refund_unknown_charge_id(ledger: Ledger) -> None:
     await grant(ledger, "acme", 10, "g1")
     assert await ledger.refund("acme", "nope") is None
-    assert await ledger.settle("acme", "nope", 4) == 0
+    assert await ledger.settle("acme", "nope", 4) is None
     assert await balance(ledger, "acme") == 10
 
 
@@ -304,7 +305,7 @@ async def test_settle_after_refund_ignored(ledger: Ledger) -> None:
     await grant(ledger, "acme", 10, "g1")
     await ledger.charge(charge("acme", 4, "c1"))
     await ledger.refund("acme", "c1")
-    assert await ledger.settle("acme", "c1", 9) == 0
+    assert await ledger.settle("acme", "c1", 9) is None
     assert await balance(ledger, "acme") == 10
     assert await verified(ledger)
 
@@ -312,7 +313,7 @@ async def test_settle_after_refund_ignored(ledger: Ledger) -> None:
 async def test_refund_after_settle_down(ledger: Ledger) -> None:
     await grant(ledger, "acme", 10, "g1")
     await ledger.charge(charge("acme", 6, "c1"))
-    assert await ledger.settle("acme", "c1", 2) == 8
+    assert await ledger.settle("acme", "c1", 2) == SettleResult(2, 8)
     assert await ledger.refund("acme", "c1") == 10
     assert await ledger.refund("acme", "c1") is None
     assert await verified(ledger)
@@ -321,9 +322,9 @@ async def test_refund_after_settle_down(ledger: Ledger) -> None:
 async def test_settle_repeated_same_cost(ledger: Ledger) -> None:
     await grant(ledger, "acme", 10, "g1")
     await ledger.charge(charge("acme", 4, "c1"))
-    assert await ledger.settle("acme", "c1", 7) == 3
-    assert await ledger.settle("acme", "c1", 7) == 3
-    assert await ledger.settle("acme", "c1", 1) == 9
+    assert await ledger.settle("acme", "c1", 7) == SettleResult(7, 3)
+    assert await ledger.settle("acme", "c1", 7) == SettleResult(7, 3)
+    assert await ledger.settle("acme", "c1", 1) == SettleResult(1, 9)
     assert await verified(ledger)
 
 
@@ -331,7 +332,7 @@ async def test_settle_up_into_debt_then_grant(ledger: Ledger) -> None:
     await grant(ledger, "acme", 5, "g1")
     await configure(ledger, "acme", overdraft="4")
     await ledger.charge(charge("acme", 5, "c1", critical=True))
-    assert await ledger.settle("acme", "c1", 9) == -4
+    assert await ledger.settle("acme", "c1", 9) == SettleResult(9, -4)
     result = await ledger.grant("acme", 10, expires_at=None, note=None, actor="t",
                                 idempotency_key="g2")
     assert result.debt_paid == 4
@@ -344,7 +345,7 @@ async def test_settle_up_keeps_reserve(ledger: Ledger) -> None:
     await grant(ledger, "acme", 10, "g1")
     await configure(ledger, "acme", reserve="5")
     await ledger.charge(charge("acme", 3, "c1"))
-    assert await ledger.settle("acme", "c1", 9) == 5
+    assert await ledger.settle("acme", "c1", 9) == SettleResult(5, 5)
 
 
 async def test_refund_after_grant_expired(ledger: Ledger, ledger_store: redis.Redis) -> None:
@@ -516,7 +517,7 @@ async def test_flush_before_each_operation(ledger: Ledger, ledger_store: redis.R
     await ledger.charge(charge("acme/ml", 7, "c1"))
     flush_scripts(ledger_store)
     # Settling down returns the latest debit first: the team pool's own tickets.
-    assert await ledger.settle("acme", "c1", 4) == 3
+    assert await ledger.settle("acme", "c1", 4) == SettleResult(4, 3)
     flush_scripts(ledger_store)
     assert await ledger.refund("acme", "c1") == 5
     flush_scripts(ledger_store)

@@ -2,8 +2,10 @@
 
 The model implements only the documented rules (grants pay debt first, a team pool pays down to
 its floor and borrows the rest from its tenant pool, auto-refill, reserve for ordinary and
-overdraft for critical charges, refunds return what was taken, transfers need the balance).
-It imports nothing from the ledger. Every balance is compared after every example.
+overdraft for critical charges, deferred charges owe what the pools cannot pay, refunds return
+what was taken, a refund of an unknown id cancels a later charge with that id, transfers need
+the balance). It imports nothing from the ledger. Every balance is compared after every
+example.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ class Pool:
 class Model:
     pools: dict[str, Pool] = field(default_factory=dict)
     charges: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+    # Ids with a charge record, refunded or not, and ids that a refund found unknown.
+    recorded: set[str] = field(default_factory=set)
+    tombstones: set[str] = field(default_factory=set)
 
     def floor(self, name: str, critical: bool) -> int:
         pool = self.pools[name]
@@ -43,9 +48,10 @@ class Model:
     def grant(self, name: str, tickets: int) -> None:
         self.pools.setdefault(name, Pool()).balance += tickets
 
-    def charge(self, candidates: list[str], cost: int, critical: bool, charge_id: str) -> bool:
+    def charge(self, candidates: list[str], cost: int, critical: bool, charge_id: str,
+               deferred: bool = False) -> bool:
         found = [c for c in candidates if c in self.pools]
-        if not found:
+        if not found or charge_id in self.tombstones:
             return False
         name = found[0]
         pool = self.pools[name]
@@ -55,14 +61,19 @@ class Model:
         has_parent = parent is not None and parent in self.pools
         can_borrow = own < cost and has_parent and pool.borrow and parent is not None
         if can_borrow and parent is not None:
-            parent_room = self.pools[parent].balance - self.floor(parent, critical)
-            borrowed = cost - own if parent_room >= cost - own else 0
-        if own + borrowed < cost:
+            parent_room = max(0, self.pools[parent].balance - self.floor(parent, critical))
+            if parent_room >= cost - own:
+                borrowed = cost - own
+            elif deferred:
+                borrowed = parent_room
+        owed = cost - own - borrowed if deferred else 0
+        if own + borrowed + owed < cost:
             return False
-        pool.balance -= own
+        pool.balance -= own + owed
         if parent is not None and borrowed:
             self.pools[parent].balance -= borrowed
-        self.charges[charge_id] = (name, own, borrowed)
+        self.charges[charge_id] = (name, own + owed, borrowed)
+        self.recorded.add(charge_id)
         if pool.refill and has_parent and parent is not None and pool.balance < pool.refill[0]:
             source = self.pools[parent]
             moved = max(0, min(pool.refill[1], source.balance - source.reserve))
@@ -73,6 +84,8 @@ class Model:
     def refund(self, charge_id: str) -> None:
         found = self.charges.pop(charge_id, None)
         if found is None:
+            if charge_id not in self.recorded:
+                self.tombstones.add(charge_id)
             return
         name, own, borrowed = found
         self.pools[name].balance += own
@@ -91,6 +104,7 @@ pools = st.sampled_from(["", "a", "b"])
 operations = st.one_of(
     st.tuples(st.just("grant"), pools, st.integers(1, 50)),
     st.tuples(st.just("charge"), pools, st.integers(0, 30), st.booleans()),
+    st.tuples(st.just("deferred"), pools, st.integers(0, 30), st.booleans()),
     st.tuples(st.just("refund"), st.integers(0, 20)),
     st.tuples(st.just("transfer"), pools, pools, st.integers(1, 40)),
     st.tuples(st.just("settings"), pools, st.integers(0, 10), st.integers(0, 10),
@@ -110,11 +124,13 @@ async def apply(ledger: Ledger, model: Model, tenant: str, step: int, op: tuple)
         await ledger.grant(name, op[2], expires_at=None, note=None, actor="model",
                            idempotency_key=f"g{step}")
         model.grant(name, op[2])
-    elif kind == "charge":
+    elif kind in ("charge", "deferred"):
+        deferred = kind == "deferred"
         candidates = [pool_name(tenant, op[1]), tenant] if op[1] else [tenant]
         result = await ledger.charge(ChargeRequest(tenant, tuple(candidates), op[2], "r",
-                                                   f"c{step}", critical=op[3]))
-        assert result.allowed == model.charge(candidates, op[2], op[3], f"c{step}")
+                                                   f"c{step}", critical=op[3],
+                                                   deferred=deferred))
+        assert result.allowed == model.charge(candidates, op[2], op[3], f"c{step}", deferred)
     elif kind == "refund":
         await ledger.refund(tenant, f"c{op[1]}")
         model.refund(f"c{op[1]}")

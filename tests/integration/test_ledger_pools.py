@@ -9,7 +9,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
-from gatekeeper.ledger import ChargeRequest, InsufficientTickets, Ledger, UnknownPool
+from gatekeeper.ledger import (
+    ChargeRequest,
+    InsufficientTickets,
+    Ledger,
+    SettleResult,
+    UnknownPool,
+)
 from gatekeeper.ledger.verify import verify_tenant
 
 LATER = datetime.now(UTC) + timedelta(days=30)
@@ -183,15 +189,15 @@ async def test_transfer_replay_moves_once(ledger: Ledger) -> None:
 async def test_settle_lower_refunds_difference(ledger: Ledger) -> None:
     await grant(ledger, "acme", 10, "g1")
     await ledger.charge(ChargeRequest("acme", ("acme",), 5, "chat", "c1"))
-    assert await ledger.settle("acme", "c1", 2) == 8
+    assert await ledger.settle("acme", "c1", 2) == SettleResult(2, 8)
     assert await verified(ledger)
 
 
 async def test_settle_higher_charges_up_to_balance(ledger: Ledger) -> None:
     await grant(ledger, "acme", 10, "g1")
     await ledger.charge(ChargeRequest("acme", ("acme",), 5, "chat", "c1"))
-    assert await ledger.settle("acme", "c1", 8) == 2
-    assert await ledger.settle("acme", "c1", 20) == 0
+    assert await ledger.settle("acme", "c1", 8) == SettleResult(8, 2)
+    assert await ledger.settle("acme", "c1", 20) == SettleResult(10, 0)
     assert await verified(ledger)
 
 
@@ -199,7 +205,7 @@ async def test_settle_higher_uses_overdraft(ledger: Ledger) -> None:
     await grant(ledger, "acme", 10, "g1")
     await configure(ledger, "acme", overdraft="3")
     await ledger.charge(ChargeRequest("acme", ("acme",), 5, "chat", "c1", critical=True))
-    assert await ledger.settle("acme", "c1", 30) == -3
+    assert await ledger.settle("acme", "c1", 30) == SettleResult(13, -3)
     assert await verified(ledger)
 
 
@@ -208,7 +214,7 @@ async def test_settle_higher_stops_at_zero(ledger: Ledger) -> None:
     await grant(ledger, "acme", 10, "g1")
     await configure(ledger, "acme", overdraft="3")
     await ledger.charge(ChargeRequest("acme", ("acme",), 5, "chat", "c1"))
-    assert await ledger.settle("acme", "c1", 30) == 0
+    assert await ledger.settle("acme", "c1", 30) == SettleResult(10, 0)
     assert await verified(ledger)
 
 

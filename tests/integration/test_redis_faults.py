@@ -27,6 +27,7 @@ from tests.support import (
     Load,
     Outcome,
     TcpProxy,
+    admin_json,
     balance_of,
     bearer,
     config_text,
@@ -245,6 +246,36 @@ async def test_deferral_limit(tmp_path: Path, durable_redis: EmbeddedRedis, upst
     assert metric(samples, "gatekeeper_deferred_tickets_limit") == 3
     assert metric(samples, "gatekeeper_deferred_limit_rejections_total", route="echo") == 2
     assert balance == 97
+
+
+async def test_deferred_charges_become_debt(tmp_path: Path, durable_redis: EmbeddedRedis,
+                                            upstream_url: str,
+                                            session: aiohttp.ClientSession) -> None:
+    """Requests forwarded while Redis was down are charged in full; the pool owes the rest."""
+    gateway = start_gateway(tmp_path, gateway_config(tmp_path, durable_redis.url, upstream_url,
+                                                     "fail_open"))
+    try:
+        await grant(session, gateway.admin_url, "acme", 3)
+        durable_redis.kill()
+        statuses = []
+        for _ in range(5):
+            async with session.get(f"{gateway.proxy_url}/v1/echo",
+                                   headers=bearer("acme")) as response:
+                statuses.append((response.status, response.headers.get("Ticket-Metering")))
+        durable_redis.start()
+        await wait_replayed(session, gateway)
+        status, pool = await admin_json(session, "GET", f"{gateway.admin_url}/admin/v1/pools/acme")
+        samples = await read_metrics(session, gateway.admin_url)
+    finally:
+        await stop(gateway)
+    assert statuses == [(200, "deferred")] * 5
+    assert status == 200
+    assert pool["balance"] == -2
+    assert pool["debt"] == 2
+    assert metric(samples, "gatekeeper_journal_replayed_entries_total", operation="charge",
+                  result="charged") == 5
+    assert metric(samples, "gatekeeper_deferred_unpaid_tickets_total") == 0
+    assert not gateway.find_log("deferred_charge_unpaid")
 
 
 async def test_journal_survives_restart(tmp_path: Path, durable_redis: EmbeddedRedis,

@@ -9,21 +9,28 @@ import pytest
 from prometheus_client import REGISTRY
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
+from structlog.testing import capture_logs
 
 from gatekeeper.errors import LedgerUnavailable
 from gatekeeper.journal import Journal
-from gatekeeper.ledger import ChargeRequest, ChargeResult
+from gatekeeper.ledger import ChargeRequest, ChargeResult, SettleResult
 from gatekeeper.ledger.client import classify
 from gatekeeper.metering import DeferredTickets, Metering
 
 
 class FakeLedger:
-    """Records calls; ``fail`` is raised instead of a reply, ``allow`` decides charges."""
+    """Records calls; ``fail`` is raised instead of a reply.
+
+    ``allow`` and ``cancelled`` decide charges; ``charged`` is what a settle charges (the
+    actual cost when None).
+    """
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
         self.fail: Exception | None = None
         self.allow = True
+        self.cancelled = False
+        self.charged: int | None = None
         self.client = self
 
     async def ping(self) -> bool:
@@ -36,17 +43,18 @@ class FakeLedger:
     async def charge(self, request: ChargeRequest) -> ChargeResult:
         self._check()
         self.calls.append(("charge", request))
-        return ChargeResult(request.charge_id, request.pools[0], self.allow, request.cost, 7)
+        return ChargeResult(request.charge_id, request.pools[0], self.allow, request.cost, 7,
+                            cancelled=self.cancelled)
 
     async def refund(self, tenant: str, charge_id: str) -> int | None:
         self._check()
         self.calls.append(("refund", charge_id))
         return None
 
-    async def settle(self, tenant: str, charge_id: str, actual: int) -> int:
+    async def settle(self, tenant: str, charge_id: str, actual: int) -> SettleResult:
         self._check()
         self.calls.append(("settle", (charge_id, actual)))
-        return 0
+        return SettleResult(actual if self.charged is None else self.charged, 0)
 
 
 def unavailable(cause: Exception) -> LedgerUnavailable:
@@ -55,6 +63,15 @@ def unavailable(cause: Exception) -> LedgerUnavailable:
     error = LedgerUnavailable(str(cause), kind=kind, may_have_run=may_have_run)
     error.__cause__ = cause
     return error
+
+
+def unpaid_total() -> float:
+    return REGISTRY.get_sample_value("gatekeeper_deferred_unpaid_tickets_total") or 0.0
+
+
+def replayed_total(operation: str, result: str) -> float:
+    labels = {"operation": operation, "result": result}
+    return REGISTRY.get_sample_value("gatekeeper_journal_replayed_entries_total", labels) or 0.0
 
 
 def charge_request(charge_id: str = "c1", cost: int = 2) -> ChargeRequest:
@@ -91,15 +108,32 @@ def test_bound_released_on_remove() -> None:
     assert deferred.try_add("acme", 5, 5)
 
 
-async def test_replay_charges_as_critical(metering: Metering, ledger: FakeLedger) -> None:
+async def test_replay_charges_as_deferred(metering: Metering, ledger: FakeLedger) -> None:
     assert await metering.defer_charge(charge_request(), limit=10)
     await metering._replay(metering.journal.ready())
     kind, request = ledger.calls[0]
     assert kind == "charge"
     assert request.charge_id == "c1"
-    assert request.critical
+    assert request.deferred
+    assert not request.critical
     assert metering.deferred.total == 0
     assert metering.journal.pending_count == 0
+
+
+async def test_replay_keeps_route_flags(metering: Metering, ledger: FakeLedger) -> None:
+    critical = ChargeRequest(tenant="acme", pools=("acme",), cost=2, route="echo",
+                             charge_id="c1", critical=True)
+    shadow = ChargeRequest(tenant="acme", pools=("acme",), cost=2, route="echo",
+                           charge_id="c2", shadow=True)
+    await metering.defer_charge(critical, limit=10)
+    await metering.defer_charge(shadow, limit=10)
+    await metering._replay(metering.journal.ready())
+    replayed = [request for _kind, request in ledger.calls]
+    assert replayed[0].critical
+    assert replayed[0].deferred
+    # A shadow route charges only what the pool can pay, also when replayed.
+    assert replayed[1].shadow
+    assert not replayed[1].deferred
 
 
 async def test_replay_keeps_order(metering: Metering, ledger: FakeLedger) -> None:
@@ -110,14 +144,39 @@ async def test_replay_keeps_order(metering: Metering, ledger: FakeLedger) -> Non
     assert [kind for kind, _args in ledger.calls] == ["charge", "settle", "refund"]
 
 
-async def test_unpaid_charge_counted(metering: Metering, ledger: FakeLedger) -> None:
-    before = REGISTRY.get_sample_value("gatekeeper_deferred_unpaid_tickets_total") or 0.0
+async def test_charge_without_pool_unpaid(metering: Metering, ledger: FakeLedger) -> None:
+    # A deferred charge is refused only when none of its candidate pools exists.
+    before = unpaid_total()
     ledger.allow = False
     await metering.defer_charge(charge_request(cost=4), limit=10)
     await metering._replay(metering.journal.ready())
-    after = REGISTRY.get_sample_value("gatekeeper_deferred_unpaid_tickets_total") or 0.0
-    assert after - before == 4
+    assert unpaid_total() - before == 4
     assert metering.journal.pending_count == 0
+
+
+async def test_cancelled_charge_not_unpaid(metering: Metering, ledger: FakeLedger) -> None:
+    before_unpaid = unpaid_total()
+    before_cancelled = replayed_total("charge", "cancelled")
+    ledger.allow = False
+    ledger.cancelled = True
+    await metering.defer_charge(charge_request(cost=4), limit=10)
+    await metering._replay(metering.journal.ready())
+    assert unpaid_total() == before_unpaid
+    assert replayed_total("charge", "cancelled") - before_cancelled == 1
+    assert metering.deferred.total == 0
+    assert metering.journal.pending_count == 0
+
+
+async def test_capped_settle_logged(metering: Metering, ledger: FakeLedger) -> None:
+    ledger.charged = 3
+    metering.later("settle", "acme", "c1", "echo", 2, actual=5)
+    with capture_logs() as logs:
+        await metering._replay(metering.journal.ready())
+    capped = [line for line in logs if line["event"] == "actual_cost_capped"]
+    assert len(capped) == 1
+    assert capped[0]["charge_id"] == "c1"
+    assert capped[0]["reported"] == 5
+    assert capped[0]["charged"] == 3
 
 
 async def test_connection_error_stops_replay(metering: Metering, ledger: FakeLedger) -> None:

@@ -14,7 +14,7 @@ from gatekeeper.ledger.ledger import (
     PoolFull,
     UnknownPool,
 )
-from gatekeeper.ledger.models import ChargeRequest, ChargeResult, GrantResult
+from gatekeeper.ledger.models import ChargeRequest, ChargeResult, GrantResult, SettleResult
 
 __all__ = [
     "ChargeRequest",
@@ -25,6 +25,7 @@ __all__ = [
     "InsufficientTickets",
     "Ledger",
     "PoolFull",
+    "SettleResult",
     "UnknownPool",
     "connect_redis",
     "mask_url",

@@ -27,6 +27,7 @@ from gatekeeper.ledger.models import (
     ChargeRequest,
     ChargeResult,
     GrantResult,
+    SettleResult,
     expires_ms_of,
     iso_from_ms,
     parent_of,
@@ -79,8 +80,9 @@ class Ledger:
     Args:
         client: a client from ``connect_redis`` (replies decoded to ``str``, no retries).
         key_prefix: first part of every key (``redis.key_prefix``).
-        charge_ttl_s: seconds a charge record is kept. Within that time a retried charge
-            returns its first result and a refund finds the charge. Use a few times the
+        charge_ttl_s: seconds a charge record or refund tombstone is kept. Within that time
+            a retried charge returns its first result, a refund finds the charge, and a
+            charge that arrives after a refund of its id does nothing. Use a few times the
             upstream timeout.
     """
 
@@ -146,7 +148,7 @@ class Ledger:
 
         Concurrent calls share one pipelined round trip; each is its own atomic script call.
         When no candidate exists the charge is refused with balance 0 and the last
-        candidate as pool.
+        candidate as pool. A deferred charge is refused only then.
 
         Raises:
             ValueError: for a pool of another tenant, an invalid cost or charge id.
@@ -162,7 +164,7 @@ class Ledger:
         ]
         args: list[Any] = [
             request.cost, request.route, int(request.critical), int(request.shadow),
-            self.charge_ttl_s, len(request.pools), *named,
+            int(request.deferred), self.charge_ttl_s, len(request.pools), *named,
         ]
         await self._register_scripts()
         reply = await self._batcher.submit(keys, args, request.charge_id)
@@ -173,24 +175,37 @@ class Ledger:
             allowed=allowed,
             cost=int(reply[2]) if allowed else request.cost,
             balance=int(reply[3]),
+            cancelled=int(reply[5]) == 1,
         )
 
-    async def _charge_keys(self, tenant: str, charge_id: str) -> tuple[list[str], list[str]] | None:
-        """Return the keys and pool names a refund or settle needs, or None if unknown."""
+    async def _charged_pool(self, tenant: str, charge_id: str) -> str | None:
+        """Return the pool a charge record names, or None without a record or for a tombstone."""
         validate_token_id(charge_id, "charge_id")
         record = self.keys.charge(tenant, charge_id)
         async with self.limit:
             with wrap_redis_errors("read_charge", tenant=tenant, charge_id=charge_id):
                 pool = await self.client.hget(record, "pool")
-        if pool is None:
-            return None
-        named = self._with_parents([str(pool)])
-        keys = [record, self.keys.usage(tenant), self.keys.usage_index(tenant),
-                *self._pool_keys(named)]
+        return str(pool) if pool else None
+
+    def _charge_keys(self, tenant: str, charge_id: str,
+                     pool: str | None) -> tuple[list[str], list[str]]:
+        """Return the keys and pool names a refund or settle of a charge to ``pool`` needs."""
+        named = self._with_parents([pool]) if pool is not None else []
+        keys = [self.keys.charge(tenant, charge_id), self.keys.usage(tenant),
+                self.keys.usage_index(tenant), *self._pool_keys(named)]
         return keys, named
+
+    async def _refund_script(self, tenant: str, charge_id: str, pool: str | None) -> Any:
+        keys, named = self._charge_keys(tenant, charge_id, pool)
+        return await self._run("refund", keys, [self.charge_ttl_s, *named], tenant=tenant,
+                               charge_id=charge_id)
 
     async def refund(self, tenant: str, charge_id: str) -> int | None:
         """Give a charge's tickets back, at most once.
+
+        Without a charge record for the id, a tombstone is kept for ``charge_ttl_s``
+        instead, so a charge with this id that reaches Redis later (a delayed packet)
+        charges nothing.
 
         Returns:
             The pool's balance after the refund, or None when the charge is unknown,
@@ -199,43 +214,48 @@ class Ledger:
         Raises:
             LedgerUnavailable: when a Redis call fails or times out.
         """
-        found = await self._charge_keys(tenant, charge_id)
-        if found is None:
+        pool = await self._charged_pool(tenant, charge_id)
+        reply = await self._refund_script(tenant, charge_id, pool)
+        if reply[0] == "pool":
+            # The charge reached Redis between the read and the script, which then needs
+            # its pool's keys.
+            pool = str(reply[1])
+            reply = await self._refund_script(tenant, charge_id, pool)
+        if reply[0] != "refunded":
             return None
-        keys, named = found
-        reply = await self._run("refund", keys, named, tenant=tenant, charge_id=charge_id)
-        if not reply:
-            return None
-        log.info("ledger_refunded", tenant=tenant, charge_id=charge_id, pool=named[0],
-                 balance=int(reply[0]))
-        return int(reply[0])
+        balance = int(reply[1])
+        log.info("ledger_refunded", tenant=tenant, charge_id=charge_id, pool=pool,
+                 balance=balance)
+        return balance
 
-    async def settle(self, tenant: str, charge_id: str, actual_cost: int) -> int:
+    async def settle(self, tenant: str, charge_id: str, actual_cost: int) -> SettleResult | None:
         """Settle a charge to the actual cost the upstream reported.
 
-        A lower cost gives the difference back; a higher one takes it from the charged
-        pool as far as its balance and overdraft allow.
+        A lower cost gives the difference back. A higher one takes it from the charged
+        pool as far as its floor allows: the reserve, or minus the overdraft for a
+        critical route. A deferred charge takes all of it and leaves debt.
 
         Returns:
-            The charged pool's balance after settling.
-            NOTE: 0 for an unknown, refused or refunded charge, whose pool is not read.
+            What the charge costs now and the pool's balance, or None for an unknown,
+            refused or refunded charge.
 
         Raises:
             ValueError: for an actual cost that is not a ticket count.
             LedgerUnavailable: when a Redis call fails or times out.
         """
         validate_tickets(actual_cost, "actual_cost", minimum=0)
-        found = await self._charge_keys(tenant, charge_id)
-        if found is None:
-            return 0
-        keys, named = found
+        pool = await self._charged_pool(tenant, charge_id)
+        if pool is None:
+            return None
+        keys, named = self._charge_keys(tenant, charge_id, pool)
         reply = await self._run("settle", keys, [actual_cost, *named], tenant=tenant,
                                 charge_id=charge_id)
         if not reply:
-            return 0
-        log.info("ledger_settled", tenant=tenant, charge_id=charge_id, pool=named[0],
-                 tickets=int(reply[0]), balance=int(reply[1]))
-        return int(reply[1])
+            return None
+        result = SettleResult(charged=int(reply[0]), balance=int(reply[1]))
+        log.info("ledger_settled", tenant=tenant, charge_id=charge_id, pool=pool,
+                 actual_cost=actual_cost, tickets=result.charged, balance=result.balance)
+        return result
 
     async def grant(self, pool: str, tickets: int, *, expires_at: datetime | None,
                     note: str | None, actor: str, idempotency_key: str) -> GrantResult:

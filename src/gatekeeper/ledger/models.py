@@ -27,6 +27,9 @@ class ChargeRequest:
         charge_id: unique id; a repeated call with the same id returns the first result.
         critical: may spend below the reserve and down to minus the overdraft.
         shadow: never refused; when the pool cannot pay, nothing is charged.
+        deferred: the replay of a charge whose request was already forwarded while Redis
+            failed. Never refused: what the pool and, with borrow on, its parent cannot pay
+            down to their floors becomes the pool's debt.
     """
 
     tenant: str
@@ -36,6 +39,7 @@ class ChargeRequest:
     charge_id: str
     critical: bool = False
     shadow: bool = False
+    deferred: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +51,30 @@ class ChargeResult:
         pool: the pool that paid, or was asked to pay and refused.
         allowed: whether the request may go on.
         cost: tickets charged; for a refused charge, the tickets it would have cost.
-        balance: the pool's balance after the charge.
+        balance: the pool's balance after the charge; 0 for a cancelled charge.
+        cancelled: a refund of this charge id came first and left a tombstone, so nothing
+            was charged and ``allowed`` is False.
     """
 
     charge_id: str
     pool: str
     allowed: bool
     cost: int
+    balance: int
+    cancelled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SettleResult:
+    """The outcome of settling a charge to its actual cost.
+
+    Attributes:
+        charged: tickets the charge costs now. Less than the actual cost when the pool
+            could not pay the difference above its floor.
+        balance: the charged pool's balance after settling.
+    """
+
+    charged: int
     balance: int
 
 
@@ -113,7 +134,7 @@ def validate_token_id(value: str, name: str) -> str:
 
 
 def validate_charge(request: ChargeRequest) -> None:
-    """Raise ``ValueError`` unless every pool belongs to the request's tenant."""
+    """Raise ``ValueError`` unless the request is valid and its pools belong to its tenant."""
     if not ID_PATTERN.match(request.tenant):
         raise ValueError(f"invalid tenant id {request.tenant!r}")
     if not request.pools:
@@ -123,6 +144,9 @@ def validate_charge(request: ChargeRequest) -> None:
             raise ValueError(f"pool {pool!r} does not belong to tenant {request.tenant!r}")
     validate_tickets(request.cost, "cost", minimum=0)
     validate_token_id(request.charge_id, "charge_id")
+    if request.deferred and request.shadow:
+        raise ValueError("a charge cannot be both deferred and shadow: a shadow route never "
+                         "charges what the pool cannot pay")
 
 
 def parent_of(pool: str) -> str | None:

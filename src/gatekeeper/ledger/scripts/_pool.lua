@@ -127,7 +127,8 @@ end
 
 -- Take `amount` tickets from the grants that expire first; what they cannot cover becomes
 -- debt. Appends {pool, grant id, amount, expires_at} to `debits`. Callers check the floor
--- before calling, so debt never passes the overdraft.
+-- before calling, so debt passes the overdraft only for a deferred charge, which the
+-- request it replays has already used.
 local function take(p, amount, debits)
   local left = amount
   while left > 0 do

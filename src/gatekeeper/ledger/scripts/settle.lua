@@ -3,11 +3,13 @@
 -- A lower cost gives the difference back to the grants it came from, latest debit first.
 -- A higher cost takes the difference from the charged pool, never from the parent, down to
 -- the same floor as the charge: the reserve for ordinary routes, -overdraft for critical ones.
+-- A deferred charge takes all of it, and what the grants cannot cover becomes debt, because
+-- its request was served while Redis failed.
 -- KEYS[1] charge record, KEYS[2] usage hash, KEYS[3] usage index,
 -- KEYS[4..] three keys per pool named in ARGV[2..] (the charged pool, then its parent).
 -- ARGV[1] actual cost in tickets.
 -- Returns {tickets charged in total, balance after} or {} when the charge is unknown,
--- refused or refunded.
+-- refused or refunded. The total is less than the actual cost when the floor stopped it.
 
 local actual = tonumber(ARGV[1])
 local names = {}
@@ -15,7 +17,7 @@ for i = 2, #ARGV do table.insert(names, ARGV[i]) end
 
 local record = KEYS[1]
 local charge = redis.call('HMGET', record, 'pool', 'allowed', 'cost', 'route', 'hour',
-  'debits', 'borrowed', 'parent', 'refunded', 'critical')
+  'debits', 'borrowed', 'parent', 'refunded', 'critical', 'deferred')
 if not charge[1] or charge[2] ~= '1' or charge[9] == '1' then
   return {}
 end
@@ -63,8 +65,11 @@ if actual < cost then
   end
   charged = actual
 elseif actual > cost then
-  local floor = floor_of(pool, charge[10] == '1')
-  local extra = math.max(0, math.min(actual - cost, balance(pool) - floor))
+  local extra = actual - cost
+  if charge[11] ~= '1' then
+    local floor = floor_of(pool, charge[10] == '1')
+    extra = math.max(0, math.min(extra, balance(pool) - floor))
+  end
   take(pool, extra, debits)
   usage_add(usage, pool.name, hour, charge[4], 'tickets', extra)
   charged = cost + extra
