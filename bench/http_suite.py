@@ -192,7 +192,8 @@ def run_http_suite(
     work_dir: Path,
     redis_url: str,
     options: HttpOptions,
-    on_loaded: Callable[[dict[str, Target], Target], dict[str, object]] | None = None,
+    on_loaded: Callable[[dict[str, tuple[Target, LoadResult]], Target], dict[str, object]]
+    | None = None,
 ) -> dict[str, object]:
     """Start the servers, run every phase and return the figures as a JSON-ready dict.
 
@@ -201,8 +202,8 @@ def run_http_suite(
         work_dir: directory for configs.
         redis_url: the private Redis server for gatekeeper.
         options: load settings shared by every phase.
-        on_loaded: called after the phases with the measured targets by name and the
-            upstream's target (the profiler).
+        on_loaded: called after the phases with each measured target and its max-rate
+            result, by name, and the upstream's target (the profiler).
     """
     upstream = start_upstream(processes, work_dir, options.use_nginx)
     targets = [upstream, start_bare_proxy(processes, upstream)]
@@ -253,7 +254,8 @@ def run_http_suite(
                 by_name, results[GATEKEEPER].rps / 2, options
             )
     if on_loaded is not None and GATEKEEPER in results:
-        summary["profile"] = on_loaded({name: by_name[name] for name in results}, upstream)
+        measured = {name: (by_name[name], result) for name, result in results.items()}
+        summary["profile"] = on_loaded(measured, upstream)
     return summary
 
 

@@ -49,6 +49,12 @@ class LoadResult:
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
+    def cpu_us_per_request(self) -> float | None:
+        """Return the server's CPU time per request in microseconds, when it was measured."""
+        if self.server_cpu_percent is None or not self.rps:
+            return None
+        return self.server_cpu_percent * 1e4 / self.rps
+
 
 def wrk_available() -> bool:
     return shutil.which("wrk") is not None

@@ -6,7 +6,8 @@ NOTE: with ``--nonblocking`` it read stacks while they changed, and it charged 8
 request to an exception constructor that ``timeit`` puts at 0.5 µs.
 
 Each function's share of the samples, times the process's CPU time per request (from
-/proc), gives CPU microseconds per request, which compare directly between the proxies.
+/proc, in the max-rate phase), gives CPU microseconds per request, which compare directly
+between the proxies.
 
 The summary attributes every sample to the innermost frame's package (``aiohttp``,
 ``redis``, ``gatekeeper``...) and lists the functions with the most self and inclusive
@@ -26,13 +27,14 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import gatekeeper_proc
 from load import run_load
 from procs import HELPER_CPU, SUT_CPU, Processes, cpu_seconds, pinned, wait_for_idle_cpu
 
-SAMPLE_RATE_HZ = 200
+SAMPLE_RATE_HZ = 100
 # Longest wait for other work to leave the CPU under test before sampling.
 QUIET_WAIT_S = 30.0
 TOP = 15
@@ -162,37 +164,57 @@ def _package(function: str) -> str:
     return location.split("/", 1)[0] if "/" in location else location or "unknown"
 
 
+@dataclass(frozen=True)
+class Profiled:
+    """A loaded proxy to profile, with its CPU time per request at max rate if measured."""
+
+    name: str
+    pid: int
+    url: str
+    headers: dict[str, str]
+    cpu_us_at_max_rate: float | None
+
+
 def profile_proxies(
     processes: Processes,
     work_dir: Path,
     results_dir: Path,
-    targets: list[tuple[str, int, str, dict[str, str]]],
+    targets: list[Profiled],
     connections: int,
     duration_s: float,
     restart: tuple[str, str],
 ) -> dict[str, object]:
     """Profile each loaded proxy in turn with py-spy, under the same load.
 
+    The samples' shares are scaled to each proxy's CPU time per request in the max-rate
+    phase, without the profiler. py-spy's pauses at 200 Hz halved gatekeeper's rate in
+    one run (1,890 to 975 requests/s), which raises the CPU time per request while it
+    samples.
+
     Args:
         processes: owner of the pyinstrument gateway, if py-spy fails.
         work_dir: directory for that gateway's config.
         results_dir: where the collapsed stacks go.
-        targets: (name, pid, URL, request headers) of each proxy; gatekeeper comes last.
+        targets: the proxies, in the order to profile them.
         connections: keep-alive connections of the load.
         duration_s: sampling time per proxy.
         restart: (Redis URL, upstream URL) for the pyinstrument gateway.
     """
     proxies: dict[str, object] = {}
-    for name, pid, url, headers in targets:
-        collapsed = results_dir / f"py-spy-{name.replace(' ', '-')}.txt"
-        error, rps, cpu_us = record_py_spy(pid, url, headers, connections, duration_s,
-                                           collapsed)
+    for target in targets:
+        collapsed = results_dir / f"py-spy-{target.name.replace(' ', '-')}.txt"
+        error, rps, cpu_us = record_py_spy(target.pid, target.url, target.headers,
+                                           connections, duration_s, collapsed)
         if error is not None:
             return {"tool": "pyinstrument", "py_spy_error": error,
                     **_pyinstrument(processes, work_dir, results_dir, connections, duration_s,
                                     restart)}
-        proxies[name] = {"file": str(collapsed), "rps": rps,
-                         **summarize_collapsed(collapsed, cpu_us)}
+        proxies[target.name] = {
+            "file": str(collapsed),
+            "rps_while_sampled": rps,
+            "cpu_us_while_sampled": cpu_us,
+            **summarize_collapsed(collapsed, target.cpu_us_at_max_rate or cpu_us),
+        }
     return {"tool": "py-spy", "rate_hz": SAMPLE_RATE_HZ, "duration_s": duration_s,
             "proxies": proxies}
 

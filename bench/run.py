@@ -36,6 +36,7 @@ import profile_suite
 import report
 import stream_suite
 from gatekeeper.embedded import EmbeddedRedis
+from load import LoadResult
 from procs import (
     HELPER_CPU,
     SUT_CPU,
@@ -218,12 +219,15 @@ def run_suite(suite: str, args: argparse.Namespace, processes: Processes, work_d
         attempts=args.attempts,
     )
 
-    def profile(targets: dict[str, http_suite.Target],
+    def profile(measured: dict[str, tuple[http_suite.Target, LoadResult]],
                 upstream: http_suite.Target) -> dict[str, object]:
         print("  profiling the bare proxy and gatekeeper ...", flush=True)
-        profiled = [(name, target.pid, target.url, target.headers)
-                    for name, target in targets.items()
-                    if name in (http_suite.BARE, http_suite.GATEKEEPER)]
+        profiled = [
+            profile_suite.Profiled(name, target.pid, target.url, target.headers,
+                                   result.cpu_us_per_request())
+            for name, (target, result) in measured.items()
+            if name in (http_suite.BARE, http_suite.GATEKEEPER)
+        ]
         try:
             return profile_suite.profile_proxies(
                 processes, work_dir, args.results_dir, profiled, args.connections,
