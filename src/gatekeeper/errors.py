@@ -195,11 +195,15 @@ class LedgerUnavailable(Exception):
     """A ledger call that failed; wraps the client error.
 
     Attributes:
-        kind: ``timeout`` (no reply in time), ``connection`` (no connection, or it broke),
-            ``busy`` (every connection of this process was in use for the whole wait),
-            ``response`` (Redis rejected the command for a state that passes, such as
-            READONLY during a failover or OOM) or ``script`` (the call failed on its own
-            input, such as an error raised by a ledger script, so a resend fails again).
+        kind: one of
+
+            - ``timeout``: no reply in time.
+            - ``connection``: no connection, or it broke.
+            - ``busy``: every connection of this process was in use for the whole wait.
+            - ``response``: Redis rejected the command for a state that passes, such as
+              READONLY during a failover or OOM.
+            - ``script``: the call failed on its own input, such as an error raised by a
+              ledger script, so a resend fails again.
         may_have_run: False only when the call certainly did not run on Redis, so a
             charge sent with it needs no refund.
     """

@@ -23,7 +23,7 @@ def charge(charge_id: str = "c1") -> ChargeRequest:
 
 
 class RejectingServer:
-    """A RESP server that answers every command with an error; counts its open connections."""
+    """A RESP server that replies to every command with an error and counts open connections."""
 
     def __init__(self) -> None:
         self.open = 0
@@ -111,7 +111,7 @@ async def test_failed_ping_closes_client(rejecting_server: RejectingServer,
 
 
 async def test_unreachable_cluster_unavailable() -> None:
-    # redis-py raises RedisClusterException, which is no RedisError, when no node answers.
+    # redis-py raises RedisClusterException, which is no RedisError, when it reaches no node.
     with pytest.raises(LedgerUnavailable) as caught:
         await connect_redis(f"redis+cluster://127.0.0.1:{free_port()}", timeout_ms=100,
                             max_connections=2)

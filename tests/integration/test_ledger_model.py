@@ -1,11 +1,17 @@
 """Random sequences of ledger operations, compared with a plain Python model of balances.
 
-The model implements only the documented rules (grants pay debt first, a team pool pays down to
-its floor and borrows the rest from its tenant pool, auto-refill, reserve for ordinary and
-overdraft for critical charges, deferred charges owe what the pools cannot pay, refunds return
-what was taken, a refund of an unknown id cancels a later charge with that id, transfers need
-the balance). It imports nothing from the ledger. Every balance is compared after every
-example.
+The model implements only the documented rules:
+
+- grants pay debt first;
+- a team pool pays down to its floor and borrows the rest from its tenant pool;
+- auto-refill;
+- the reserve is the floor of ordinary charges, the overdraft that of critical ones;
+- a deferred charge is never refused, and the pool owes what the pools cannot pay;
+- refunds return what was taken, and a refund of an unknown id cancels a later charge
+  with that id;
+- transfers need the balance.
+
+It imports nothing from the ledger. Every balance is compared after every example.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ async def connect_redis(url: str, *, timeout_ms: int, max_connections: int) -> R
         A client that decodes replies to ``str`` and never retries on its own.
 
     Raises:
-        LedgerUnavailable: when the server does not answer PING; the client is closed then.
+        LedgerUnavailable: when PING fails; the client is closed then.
     """
     timeout_s = timeout_ms / 1000
     options: dict[str, Any] = {
