@@ -111,32 +111,35 @@ class Forwarder:
         self._trusted = TrustedProxies(proxy.trusted_proxies)
         self._targets = {name: Targets(up.url, clock=clock) for name, up in upstreams.items()}
         self._session: aiohttp.ClientSession | None = None
+        self._websocket_session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        """Open the client session. Call it once before the first ``forward``."""
-        # NOTE: limit=0 lifts aiohttp's default cap of 100 connections, which would queue
-        # requests inside the gateway. The number of open client requests bounds the count.
-        connector = aiohttp.TCPConnector(limit=0)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=SKIP_AUTO_HEADERS,
-            timeout=aiohttp.ClientTimeout(total=None),
-            trace_configs=[websocket.handshake_trace()],
-        )
+        """Open the client sessions. Call it once before the first ``forward``."""
+        self._session = _client_session()
+        # Only WebSocket upgrades need the handshake trace. Its hooks cost every request of
+        # a session that carries it, so upgrades get their own session.
+        self._websocket_session = _client_session(trace_configs=[websocket.handshake_trace()])
 
     async def close(self) -> None:
         """Close the client session and every pooled upstream connection."""
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._websocket_session is not None:
+            await self._websocket_session.close()
+            self._websocket_session = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             raise RuntimeError("Forwarder.start() must be awaited before forwarding requests.")
         return self._session
+
+    @property
+    def websocket_session(self) -> aiohttp.ClientSession:
+        if self._websocket_session is None:
+            raise RuntimeError("Forwarder.start() must be awaited before forwarding requests.")
+        return self._websocket_session
 
     async def forward(
         self,
@@ -380,7 +383,7 @@ class Forwarder:
         async def attempt(url: URL) -> websocket.Connected:
             async with asyncio.timeout(deadline):
                 return await websocket.connect(
-                    self.session, url, headers=headers,
+                    self.websocket_session, url, headers=headers,
                     protocols=websocket.offered_protocols(request), max_msg_size=max_msg_size,
                 )
 
@@ -398,6 +401,21 @@ class Forwarder:
         for name in ("Content-Length", "Content-Encoding"):
             headers.popall(name, None)
         return web.Response(status=exc.status, headers=headers)
+
+
+def _client_session(
+    trace_configs: list[aiohttp.TraceConfig] | None = None,
+) -> aiohttp.ClientSession:
+    # NOTE: limit=0 lifts aiohttp's default cap of 100 connections, which would queue
+    # requests inside the gateway. The number of open client requests bounds the count.
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=SKIP_AUTO_HEADERS,
+        timeout=aiohttp.ClientTimeout(total=None),
+        trace_configs=trace_configs,
+    )
 
 
 def _stop_read_timeout(response: aiohttp.ClientResponse) -> None:
