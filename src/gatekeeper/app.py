@@ -48,6 +48,8 @@ def build_proxy_app(
     app[LEDGER] = ledger
     app[METERING] = metering
     app.on_response_prepare.append(add_request_id)
+    # First in, so its final fold runs after the requests of the draining phase settled.
+    app.cleanup_ctx.append(metrics.fold_periodically)
     app.cleanup_ctx.append(_run_metering)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

@@ -9,6 +9,11 @@ Map of the module:
   which exist only with ``metrics.tenant_labels: true``.
 - ``render`` writes the text exposition format. With several workers it sums the values of
   every worker process (prometheus-client multiprocess mode).
+- The request path counts into ``BufferedCounter`` and ``BufferedHistogram``: plain numbers in
+  this process, because every update of a multiprocess value checks the pid and writes a
+  shared file. ``fold`` adds them to the metric families. It runs every ``FOLD_INTERVAL_S``
+  (``fold_periodically``), before each render and at shutdown, so a scrape shows another
+  worker's requests at most ``FOLD_INTERVAL_S`` late.
 
 NOTE: prometheus-client chooses where values live when it is first imported. So the
 supervisor puts ``PROMETHEUS_MULTIPROC_DIR`` in each worker's environment before the worker
@@ -18,7 +23,10 @@ starts. Setting it later in a running process has no effect.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from bisect import bisect_left
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -27,6 +35,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from redis import exceptions
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Seconds between two folds of the buffered request-path metrics.
+FOLD_INTERVAL_S = 0.5
 
 # Label value for requests that matched no route (404, or rejected before matching). Route
 # names start with a letter or digit, so no route can be called this.
@@ -57,7 +67,6 @@ UPSTREAM_SECONDS = Histogram("gatekeeper_upstream_duration_seconds",
 LEDGER_SECONDS = Histogram("gatekeeper_ledger_duration_seconds",
                            "Duration of ledger calls made by the proxy and the journal replay.",
                            ["operation"], buckets=LEDGER_BUCKETS_S)
-CHARGE_SECONDS = LEDGER_SECONDS.labels("charge")
 REPLAY_SECONDS = LEDGER_SECONDS.labels("replay")
 REDIS_ERRORS = Counter("gatekeeper_redis_errors",
                        "Failed Redis calls of the proxy path and the journal replay, by kind "
@@ -100,6 +109,90 @@ POOL_BALANCE = Gauge("gatekeeper_pool_balance_tickets",
                      multiprocess_mode="mostrecent")
 
 
+class BufferedCounter:
+    """Increments of one counter child, kept in this process until ``fold`` adds them."""
+
+    __slots__ = ("_child", "_pending")
+
+    def __init__(self, child: Counter) -> None:
+        self._child = child
+        self._pending: float = 0
+        _buffered.append(self)
+
+    def inc(self, amount: float = 1) -> None:
+        self._pending += amount
+
+    def fold(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, 0
+            self._child.inc(pending)
+
+
+class BufferedHistogram:
+    """Observations of one histogram child, kept as bucket counts until ``fold`` adds them.
+
+    Args:
+        child: the histogram's label child.
+        buckets: its upper bounds without ``+Inf``, as given to the ``Histogram``.
+    """
+
+    __slots__ = ("_bounds", "_child", "_counts", "_sum")
+
+    def __init__(self, child: Histogram, buckets: tuple[float, ...]) -> None:
+        self._child = child
+        self._bounds = buckets
+        self._counts = [0] * (len(buckets) + 1)
+        self._sum = 0.0
+        _buffered.append(self)
+
+    def observe(self, amount: float) -> None:
+        # The first bound not below the amount, as Histogram.observe picks it; the last
+        # slot is +Inf.
+        self._counts[bisect_left(self._bounds, amount)] += 1
+        self._sum += amount
+
+    def fold(self) -> None:
+        if not any(self._counts):
+            return
+        counts, self._counts = self._counts, [0] * len(self._counts)
+        total, self._sum = self._sum, 0.0
+        # NOTE: prometheus-client 0.26 has no public call that adds many observations at
+        # once. These are the values Histogram.observe updates: the sum and one
+        # non-cumulative count per bucket. tests/unit/test_metrics.py compares the result
+        # with observe().
+        self._child._sum.inc(total)
+        for bucket, count in zip(self._child._buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
+
+
+_buffered: list[BufferedCounter | BufferedHistogram] = []
+
+CHARGE_SECONDS = BufferedHistogram(LEDGER_SECONDS.labels("charge"), LEDGER_BUCKETS_S)
+
+
+def fold() -> None:
+    """Add what the request path counted since the last fold to the metric families."""
+    for buffered in _buffered:
+        buffered.fold()
+
+
+async def fold_periodically(app: web.Application) -> AsyncIterator[None]:
+    """Fold every ``FOLD_INTERVAL_S`` while the app runs, and once more at cleanup."""
+    task = asyncio.get_running_loop().create_task(_fold_loop())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    fold()
+
+
+async def _fold_loop() -> None:
+    while True:
+        await asyncio.sleep(FOLD_INTERVAL_S)
+        fold()
+
+
 def status_class(status: int) -> str:
     """Return ``"2xx"`` for 200 and so on; statuses outside 100-599 count as ``5xx``."""
     index = status // 100 - 1
@@ -107,20 +200,22 @@ def status_class(status: int) -> str:
 
 
 class RouteMetrics:
-    """The label children of one route, bound once."""
+    """The label children of one route, bound once and buffered (see ``fold``)."""
 
     __slots__ = ("charged", "deferred_rejected", "fail_open", "name", "payment_required",
                  "refunded", "responses", "upstream_seconds")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.responses = tuple(REQUESTS.labels(name, cls) for cls in STATUS_CLASSES)
-        self.charged = TICKETS_CHARGED.labels(name)
-        self.refunded = TICKETS_REFUNDED.labels(name)
-        self.payment_required = PAYMENT_REQUIRED.labels(name)
-        self.fail_open = FAIL_OPEN.labels(name)
-        self.deferred_rejected = DEFERRED_REJECTED.labels(name)
-        self.upstream_seconds = UPSTREAM_SECONDS.labels(name)
+        self.responses = tuple(BufferedCounter(REQUESTS.labels(name, cls))
+                               for cls in STATUS_CLASSES)
+        self.charged = BufferedCounter(TICKETS_CHARGED.labels(name))
+        self.refunded = BufferedCounter(TICKETS_REFUNDED.labels(name))
+        self.payment_required = BufferedCounter(PAYMENT_REQUIRED.labels(name))
+        self.fail_open = BufferedCounter(FAIL_OPEN.labels(name))
+        self.deferred_rejected = BufferedCounter(DEFERRED_REJECTED.labels(name))
+        self.upstream_seconds = BufferedHistogram(UPSTREAM_SECONDS.labels(name),
+                                                  UPSTREAM_BUCKETS_S)
 
     def count_response(self, status: int) -> None:
         index = status // 100 - 1
@@ -128,15 +223,16 @@ class RouteMetrics:
 
 
 class TenantMetrics:
-    """The label children of one tenant on one route, bound once."""
+    """The label children of one tenant on one route, bound once and buffered."""
 
     __slots__ = ("charged", "payment_required", "refunded", "responses")
 
     def __init__(self, tenant: str, route: str) -> None:
-        self.responses = tuple(TENANT_REQUESTS.labels(tenant, route, cls) for cls in STATUS_CLASSES)
-        self.charged = TENANT_TICKETS_CHARGED.labels(tenant, route)
-        self.refunded = TENANT_TICKETS_REFUNDED.labels(tenant, route)
-        self.payment_required = TENANT_PAYMENT_REQUIRED.labels(tenant, route)
+        self.responses = tuple(BufferedCounter(TENANT_REQUESTS.labels(tenant, route, cls))
+                               for cls in STATUS_CLASSES)
+        self.charged = BufferedCounter(TENANT_TICKETS_CHARGED.labels(tenant, route))
+        self.refunded = BufferedCounter(TENANT_TICKETS_REFUNDED.labels(tenant, route))
+        self.payment_required = BufferedCounter(TENANT_PAYMENT_REQUIRED.labels(tenant, route))
 
     def count_response(self, status: int) -> None:
         index = status // 100 - 1
@@ -194,6 +290,8 @@ def multiprocess_dir() -> str | None:
 def render(accept: str = "") -> tuple[bytes, str]:
     """Return every metric, summed over all workers, and its content type.
 
+    Call ``fold`` first, on the event loop's thread, to include the buffered counts.
+
     Args:
         accept: the scraper's ``Accept`` header. The Prometheus text format 0.0.4 is used
             unless it requests OpenMetrics.
@@ -209,5 +307,7 @@ def render(accept: str = "") -> tuple[bytes, str]:
 
 async def metrics_handler(request: web.Request) -> web.Response:
     """Serve ``GET /metrics``; the files of every worker are read in a thread."""
+    # Fold here, on the event loop's thread, which is the only one that counts.
+    fold()
     body, content_type = await asyncio.to_thread(render, request.headers.get("Accept", ""))
     return web.Response(body=body, headers={"Content-Type": content_type})

@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from gatekeeper import metrics
 from tests.support import (
     GatewayProcess,
     Load,
@@ -132,6 +133,14 @@ async def test_metrics_sum_workers(tmp_path: Path, redis_url: str, upstream_url:
         await load.wait_for(lambda seen: len(seen) >= 100 and len(served_by(gateway)) == 2,
                             "requests served by both workers")
         outcomes = await load.stop()
+        # Each worker folds its buffered counts every metrics.FOLD_INTERVAL_S; once one
+        # scrape has seen every request, every later scrape must agree with it.
+        for _ in range(100):
+            first = await read_metrics(session, gateway.admin_url)
+            if metric(first, "gatekeeper_requests_total", route="echo",
+                      status_class="2xx") == len(outcomes):
+                break
+            await asyncio.sleep(metrics.FOLD_INTERVAL_S / 5)
         scrapes = [await read_metrics(session, gateway.admin_url) for _ in range(6)]
     finally:
         await stop(gateway)

@@ -13,6 +13,7 @@ from gatekeeper.errors import LedgerUnavailable
 
 
 def sample(name: str, **labels: str) -> float:
+    metrics.fold()
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
@@ -77,3 +78,26 @@ def test_render_text_format() -> None:
 def test_render_openmetrics() -> None:
     _body, content_type = metrics.render("application/openmetrics-text")
     assert content_type.startswith("application/openmetrics-text")
+
+
+def test_buffered_count_waits_for_fold() -> None:
+    before = sample("gatekeeper_tickets_charged_total", route="unit-d")
+    metrics.for_route("unit-d").charged.inc(3)
+    unfolded = REGISTRY.get_sample_value("gatekeeper_tickets_charged_total", {"route": "unit-d"})
+    assert (unfolded or 0.0) == before
+    assert sample("gatekeeper_tickets_charged_total", route="unit-d") - before == 3
+
+
+def test_buffered_histogram_matches_observe() -> None:
+    amounts = (0.0001, 0.005, 0.0051, 0.3, 1.0, 75.0, 0.01)
+    for amount in amounts:
+        metrics.for_route("unit-e").upstream_seconds.observe(amount)
+        metrics.UPSTREAM_SECONDS.labels("unit-f").observe(amount)
+    metrics.fold()
+    for bound in (*metrics.UPSTREAM_BUCKETS_S, float("inf")):
+        le = "+Inf" if bound == float("inf") else str(bound)
+        buffered = sample("gatekeeper_upstream_duration_seconds_bucket", route="unit-e", le=le)
+        direct = sample("gatekeeper_upstream_duration_seconds_bucket", route="unit-f", le=le)
+        assert buffered == direct, le
+    assert sample("gatekeeper_upstream_duration_seconds_sum", route="unit-e") == sum(amounts)
+    assert sample("gatekeeper_upstream_duration_seconds_count", route="unit-e") == len(amounts)
