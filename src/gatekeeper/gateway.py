@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Mapping
 
 import structlog
@@ -40,6 +39,7 @@ from gatekeeper.errors import (
     PaymentRequired,
     ServiceUnavailable,
 )
+from gatekeeper.ids import new_id
 from gatekeeper.journal import JournalError
 from gatekeeper.ledger import ChargeRequest
 from gatekeeper.metering import METERING, Metering
@@ -111,7 +111,7 @@ async def _charge(
         cost=route.cost,
         route=route.name,
         # Never derived from client input: a reused id would make the next request free.
-        charge_id=uuid.uuid4().hex,
+        charge_id=new_id(),
         critical=route.critical,
         shadow=route.shadow,
     )
@@ -119,18 +119,19 @@ async def _charge(
         return await _ledger_failed(record, metering, snapshot, route, charge_request, sent=False)
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(metering.deadline_s):
-            charge = await metering.ledger.charge(charge_request)
+        # The ledger's charge batch ends with TimeoutError after ``metering.deadline_s``, so
+        # no request waits longer for Redis (see ``ChargeBatcher``).
+        charge = await metering.ledger.charge(charge_request)
     except LedgerUnavailable as error:
         metering.failed(error)
-        log.warning("ledger_unavailable", route=route.name, charge_id=charge_request.charge_id,
-                    kind=error.kind, error=str(error))
+        log.warning("ledger_unavailable", request_id=record.request_id, route=route.name,
+                    charge_id=charge_request.charge_id, kind=error.kind, error=str(error))
         return await _ledger_failed(record, metering, snapshot, route, charge_request,
                                     sent=error.may_have_run)
     except TimeoutError as error:
         metering.failed(error, deadline=True)
-        log.warning("ledger_timed_out", route=route.name, charge_id=charge_request.charge_id,
-                    deadline_s=metering.deadline_s)
+        log.warning("ledger_timed_out", request_id=record.request_id, route=route.name,
+                    charge_id=charge_request.charge_id, deadline_s=metering.deadline_s)
         return await _ledger_failed(record, metering, snapshot, route, charge_request, sent=True)
     except asyncio.CancelledError:
         # The client left while the charge was on its way; refund it if it ran.
@@ -199,13 +200,14 @@ async def _defer(
     try:
         deferred = await metering.defer_charge(charge_request, limit)
     except JournalError as error:
-        log.error("deferral_failed", route=route.name, charge_id=charge_request.charge_id,
-                  error=str(error))
+        log.error("deferral_failed", request_id=record.request_id, route=route.name,
+                  charge_id=charge_request.charge_id, error=str(error))
         return None
     if not deferred:
         route_metrics.deferred_rejected.inc()
-        log.warning("deferral_limit_reached", route=route.name, pool=charge_request.pools[0],
-                    limit=limit, deferred=metering.deferred.of(charge_request.pools[0]))
+        log.warning("deferral_limit_reached", request_id=record.request_id, route=route.name,
+                    pool=charge_request.pools[0], limit=limit,
+                    deferred=metering.deferred.of(charge_request.pools[0]))
         return None
     tenant_metrics = (metrics.for_tenant(charge_request.tenant, route.name)
                       if record.tenant_labels else None)
@@ -247,7 +249,7 @@ async def _forward(
         )
     except UpstreamFailure as failure:
         _stop_upstream(record, route)
-        await _refund_failure(settlement, route, failure.kind)
+        await _refund_failure(record, settlement, route, failure.kind)
         headers = settlement.headers() if settlement else {}
         if failure.kind == "timeout":
             raise GatewayTimeout("The upstream sent no response headers in time.",
@@ -282,8 +284,9 @@ def _stop_upstream(record: RequestRecord, route: Route) -> None:
     metrics.for_route(route.name).upstream_seconds.observe(ended - record.upstream_started)
 
 
-async def _refund_failure(settlement: Settlement | None, route: Route, kind: str) -> None:
-    log.warning("upstream_failed", kind=kind, route=route.name)
+async def _refund_failure(record: RequestRecord, settlement: Settlement | None, route: Route,
+                          kind: str) -> None:
+    log.warning("upstream_failed", request_id=record.request_id, kind=kind, route=route.name)
     if settlement and kind in route.refund_on:
         await settlement.refund(kind)
 

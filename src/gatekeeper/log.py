@@ -1,9 +1,13 @@
 """structlog setup: JSON lines in production, key=value on a terminal.
 
-Context variables (request id, tenant, route) are merged first, so every line of a request
-carries them. Records of the standard library's loggers (aiohttp, redis-py) go through the
-same renderer, so a JSON log stays one JSON object per line, tracebacks included. Tokens
-and secrets are never passed to a logger.
+Context variables (the worker's pid and index) are merged first, so every line carries
+them. Records of the standard library's loggers (aiohttp, redis-py) go through the same
+renderer, so a JSON log stays one JSON object per line, tracebacks included. Tokens and
+secrets are never passed to a logger.
+
+The canonical request line, written once per request, goes through ``request_log``: the
+same renderer and output, with a shorter processor chain that reuses the formatted second
+of its timestamp.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -28,6 +34,29 @@ class ClientErrorFilter(logging.Filter):
         error = record.exc_info[1] if record.exc_info else None
         rejected = isinstance(error, HttpProcessingError) and 400 <= (error.code or 0) < 500
         return not rejected
+
+
+# The canonical request line's logger; configure_logging replaces it.
+request_log: Any = structlog.get_logger("gatekeeper.request")
+
+
+class CachedTimeStamper:
+    """Add ``timestamp`` as ISO 8601 UTC with microseconds, like ``TimeStamper(fmt="iso",
+    utc=True)``, formatting the date and time only once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, logger: Any, name: str,
+                 event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
+        return event_dict
 
 
 def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
@@ -63,6 +92,15 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
         # One write per line, so lines of several workers sharing stderr never interleave.
         logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
+    )
+
+    # The request line carries no exception, so it skips format_exc_info.
+    global request_log
+    request_log = structlog.wrap_logger(
+        structlog.WriteLogger(sys.stderr),
+        processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
+                    CachedTimeStamper(), renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
     )
 
     handler = logging.StreamHandler(sys.stderr)

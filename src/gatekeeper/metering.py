@@ -99,6 +99,8 @@ class Metering:
         self.journal = journal
         self.timeout_s = timeout_s
         self.deadline_s = DEADLINE_FACTOR * timeout_s
+        # One deadline per charge batch bounds each request's wait for its charge.
+        ledger.batcher.deadline_s = self.deadline_s
         self.deferred = DeferredTickets()
         self.up = True
         self._down_since = 0.0

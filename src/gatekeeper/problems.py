@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
+from gatekeeper import log as logs
 from gatekeeper import metrics
 from gatekeeper.errors import PROBLEM_BASE, GatekeeperError
 from gatekeeper.record import RECORD, RequestRecord, request_id_from
@@ -62,7 +63,6 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     """Create the request record, translate errors, and log the canonical line."""
     record = RequestRecord(request_id_from(request.headers), request.method, request.path)
     request[RECORD] = record
-    structlog.contextvars.bind_contextvars(request_id=record.request_id)
     try:
         response = await handler(request)
     except GatekeeperError as error:
@@ -75,7 +75,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         record.status = 499
         record.error = "client_disconnected"
         _count(record)
-        log.info("request", **record.fields())
+        logs.request_log.info("request", **record.fields())
         raise
     except ConnectionResetError:
         # The client closed its connection while its body was still being streamed; the
@@ -88,8 +88,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         response = _internal_error(record)
     record.status = response.status
     _count(record)
-    log.info("request", **record.fields())
-    structlog.contextvars.unbind_contextvars("request_id")
+    logs.request_log.info("request", **record.fields())
     return response
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from gatekeeper.ids import new_id
 
 # A client-sent request id is echoed only when it is short and plain, so it cannot inject
 # anything into logs or headers.
@@ -25,7 +26,7 @@ def request_id_from(headers: Any) -> str:
     offered = headers.get("X-Request-Id")
     if offered and _REQUEST_ID.match(offered):
         return str(offered)
-    return uuid.uuid4().hex
+    return new_id()
 
 
 @dataclass(slots=True)
@@ -69,19 +70,16 @@ class RequestRecord:
             "status": self.status,
             "duration_ms": duration_ms,
         }
-        optional = {
-            "route": self.route,
-            "tenant": self.tenant,
-            "pool": self.pool,
-            "cost": self.cost,
-            "charged": self.charged,
-            "balance": self.balance,
-            "upstream_ms": self.upstream_ms,
-            "metering": self.metering,
-            "error": self.error,
-        }
-        values.update({key: value for key, value in optional.items() if value is not None})
+        for name in OPTIONAL_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                values[name] = value
         return values
+
+
+# Logged only when set, in this order.
+OPTIONAL_FIELDS = ("route", "tenant", "pool", "cost", "charged", "balance", "upstream_ms",
+                   "metering", "error")
 
 
 RECORD: web.RequestKey[RequestRecord] = web.RequestKey("record", RequestRecord)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -32,6 +33,8 @@ class FakeLedger:
         self.cancelled = False
         self.charged: int | None = None
         self.client = self
+        # Metering sets the charge deadline on the ledger's batcher.
+        self.batcher = SimpleNamespace(deadline_s=None)
 
     async def ping(self) -> bool:
         return self.fail is None

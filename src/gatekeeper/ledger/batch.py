@@ -4,6 +4,10 @@ The batch is a non-transactional pipeline of EVALSHA calls, so each charge is st
 atomic script call and one failing entry does not fail the others. Entries that got NOSCRIPT
 did not run, so they are resent after the script is loaded (up to ``lua.MAX_SCRIPT_LOADS``
 times). On a cluster, redis-py splits the pipeline by node and sends the parts concurrently.
+
+A batch that has no reply within ``deadline_s`` (the wait for a connection included) is
+cancelled, and each of its charges ends with ``TimeoutError``. That one deadline per batch
+bounds every caller's wait, so callers need no timeout of their own.
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ class ChargeBatcher:
         client: the ledger's Redis client.
         script: the registered ``charge`` script.
         limit: the ledger's connection limit (see ``client.call_limit``).
+
+    Attributes:
+        deadline_s: the longest a batch may take, in seconds; None for no deadline beyond
+            the client's own timeouts. ``Metering`` sets it.
     """
 
     def __init__(self, client: RedisClient, script: lua.Script,
@@ -49,6 +57,7 @@ class ChargeBatcher:
         self._pending: list[_Call] = []
         self._flushes: set[asyncio.Task[None]] = set()
         self.round_trips = 0
+        self.deadline_s: float | None = None
 
     async def submit(self, keys: list[str], args: list[Any], charge_id: str) -> Any:
         """Queue one charge call and wait for its reply.
@@ -69,13 +78,18 @@ class ChargeBatcher:
         task.add_done_callback(self._flushes.discard)
 
     async def _flush(self, batch: list[_Call]) -> None:
+        deadline = asyncio.timeout(self.deadline_s)
         try:
-            async with self._limit:
+            async with deadline, self._limit:
                 await self._send(batch, loads_left=lua.MAX_SCRIPT_LOADS)
         except LedgerUnavailable as failure:
             # The limit found no free connection in time, so no charge of the batch was sent.
             self._fail_all(batch, failure)
         except REDIS_ERRORS as error:
+            if isinstance(error, TimeoutError) and deadline.expired():
+                # The batch may have reached Redis, so callers treat each charge as sent.
+                self._fail_all(batch, error)
+                return
             ids = {"size": len(batch), "charge_ids": [call.charge_id for call in batch]}
             self._fail_all(batch, unavailable("charge", error, ids, script=True))
         finally:
@@ -115,7 +129,7 @@ class ChargeBatcher:
             call.future.set_exception(failure)
 
     @staticmethod
-    def _fail_all(batch: list[_Call], failure: LedgerUnavailable) -> None:
+    def _fail_all(batch: list[_Call], failure: Exception) -> None:
         for call in batch:
             if not call.future.done():
                 call.future.set_exception(failure)

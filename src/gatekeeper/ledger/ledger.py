@@ -119,6 +119,11 @@ class Ledger:
         log.info("ledger_scripts_registered", count=len(self.scripts))
 
     @property
+    def batcher(self) -> ChargeBatcher:
+        """The charge batcher; its ``deadline_s`` bounds how long a charge waits for Redis."""
+        return self._batcher
+
+    @property
     def round_trips(self) -> int:
         """Pipelined round trips that charges have made so far."""
         return self._batcher.round_trips
