@@ -28,6 +28,8 @@ SEGMENT_SAFE = frozenset(UNRESERVED | frozenset(b"!$&'()*+,;=:@"))
 HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 REPEATED_SLASHES = re.compile(r"/{2,}")
 PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@]*")
+# A path of plain segments: no escape, no character to encode.
+PLAIN_PATH = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/]*")
 
 
 def normalize_path(raw_path: str) -> str:
@@ -52,6 +54,9 @@ def normalize_path(raw_path: str) -> str:
     """
     if not raw_path.startswith("/"):
         raise errors.BadRequest(f"Request path {raw_path[:100]!r} must start with '/'.")
+    if PLAIN_PATH.fullmatch(raw_path) and "//" not in raw_path and "/." not in raw_path:
+        # Nothing to decode, resolve or merge, which is the common case.
+        return raw_path
     segments = [_normalize_segment(segment) for segment in raw_path[1:].split("/")]
     resolved = _remove_dot_segments(segments)
     return REPEATED_SLASHES.sub("/", "/" + "/".join(resolved))
