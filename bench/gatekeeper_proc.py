@@ -147,18 +147,18 @@ def start_gateway(
             if started:
                 gateway = Gateway(process, f"http://{started[0]['proxy']}",
                                   f"http://{started[0]['admin']}", log_path)
-        if gateway is not None and _answers(gateway.admin_url + "/readyz"):
+        if gateway is not None and _responds(gateway.admin_url + "/readyz"):
             spawned = [line for line in _log_lines(log_path)
                        if line.get("event") == "worker_spawned"]
             gateway.pid = int(str(spawned[-1]["pid"])) if spawned else process.pid
             return gateway
         time.sleep(0.1)
-    raise RuntimeError(f"gatekeeper did not log gatekeeper_started and answer /readyz in "
+    raise RuntimeError(f"gatekeeper did not log gatekeeper_started and respond to /readyz in "
                        f"{timeout_s:.0f} s; see {log_path}:\n{_tail(log_path)}")
 
 
-def _answers(url: str) -> bool:
-    """Return True once a worker answers ``url`` with anything but a 5xx."""
+def _responds(url: str) -> bool:
+    """Return True when ``url`` returns any status below 500."""
     try:
         with urllib.request.urlopen(url, timeout=2):
             return True

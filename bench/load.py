@@ -173,5 +173,6 @@ def _run(command: list[str], expected_s: float) -> str:
         command, capture_output=True, text=True, check=False, timeout=expected_s + 60,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"{command[0]} failed with code {done.returncode}:\n{done.stderr}")
+        tool = command[3] if command[0] == "taskset" else command[0]
+        raise RuntimeError(f"{tool} failed with code {done.returncode}:\n{done.stderr}")
     return done.stdout

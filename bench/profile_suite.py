@@ -35,7 +35,7 @@ from load import run_load
 from procs import HELPER_CPU, SUT_CPU, Processes, cpu_seconds, pinned, wait_for_idle_cpu
 
 SAMPLE_RATE_HZ = 100
-# Longest wait for other work to leave the CPU under test before sampling.
+# Maximum wait for other work to leave the CPU under test before sampling.
 QUIET_WAIT_S = 30.0
 TOP = 15
 EVENT_LOOP_LEAF = "event loop (uvloop C code)"
@@ -46,7 +46,7 @@ EVENT_LOOP_FRAMES = (
     "run (uvloop/__init__.py)",
     "run_app (aiohttp/web.py)",
 )
-# Functions on at least this share of the stacks are entry points, which tell nothing.
+# Functions on at least this share of the stacks are entry points, left out of the summary.
 ENTRY_POINT_SHARE = 0.99
 
 
@@ -94,8 +94,8 @@ def summarize_collapsed(path: Path, cpu_us_per_request: float) -> dict[str, obje
     """Summarize py-spy's collapsed stacks per package and function.
 
     Each sample's share of all samples is scaled to the process's CPU time per request,
-    read from /proc. The figures then do not depend on how py-spy decides that a thread is
-    idle, for instance when the thread waits for a CPU that other processes use.
+    measured from /proc. The figures then do not depend on how py-spy decides that a
+    thread is idle, for instance when the thread waits for a CPU that other processes use.
 
     Args:
         path: py-spy's ``--format raw`` output.
