@@ -214,8 +214,10 @@ def run_http_suite(
         errors[GATEKEEPER] = f"not measured: {exc}"
     if options.use_nginx and nginx_conf.nginx_binary():
         targets.append(start_nginx_proxy(processes, work_dir, upstream))
-    else:
+    elif options.use_nginx:
         errors[NGINX] = "not measured: nginx is not installed"
+    else:
+        errors[NGINX] = "not measured: --no-nginx was given"
 
     by_name = {target.name: target for target in targets}
     healthy = []
