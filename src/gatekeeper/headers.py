@@ -9,6 +9,7 @@ commas. The forwarding headers (``X-Forwarded-*``, ``Via``) and the identity hea
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 
@@ -66,6 +67,8 @@ class TrustedProxies:
 def hop_by_hop(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
     """Return the lowercase names that must not cross this hop, including those named by
     ``Connection``."""
+    if "Connection" not in headers:
+        return HOP_BY_HOP
     named = {
         token.strip().lower()
         for value in headers.getall("Connection", ())
@@ -102,16 +105,11 @@ def upstream_request_headers(
         The upstream request headers, repeated headers kept as separate entries.
     """
     incoming = request.headers
-    dropped = hop_by_hop(incoming) | ANSWERED_HERE | FORWARDING
-    dropped |= {name.lower() for name in IDENTITY}
-    if websocket:
-        dropped |= WEBSOCKET_HANDSHAKE
-    if upstream.strip_authorization:
-        dropped |= {"authorization"}
     peer = request.remote
     peer_trusted = peer in trusted
-    if not peer_trusted:
-        dropped |= {"forwarded"}
+    dropped = _never_forwarded(upstream.strip_authorization, websocket, peer_trusted)
+    if "Connection" in incoming:
+        dropped |= hop_by_hop(incoming)
 
     headers: CIMultiDict[str] = CIMultiDict(
         (name, value) for name, value in incoming.items() if _crosses(name, dropped)
@@ -126,6 +124,21 @@ def upstream_request_headers(
         if value is not None:
             headers[name] = value
     return headers
+
+
+@functools.cache
+def _never_forwarded(strip_authorization: bool, websocket: bool, peer_trusted: bool
+                     ) -> frozenset[str]:
+    """Return the lowercase names dropped from every request of this kind, before the names
+    a ``Connection`` header adds. Cached, so a request builds no sets of its own."""
+    dropped = HOP_BY_HOP | ANSWERED_HERE | FORWARDING | {name.lower() for name in IDENTITY}
+    if websocket:
+        dropped |= WEBSOCKET_HANDSHAKE
+    if strip_authorization:
+        dropped |= {"authorization"}
+    if not peer_trusted:
+        dropped |= {"forwarded"}
+    return dropped
 
 
 def _add_forwarding(
