@@ -102,7 +102,7 @@ def start_gateway(
     upstream_url: str,
     *,
     name: str = "gatekeeper",
-    interpreter: tuple[str, ...] = (),
+    extra_env: dict[str, str] | None = None,
     timeout_s: float = 60.0,
 ) -> Gateway:
     """Start ``gatekeeper serve`` pinned to the CPU under test and wait for its start line.
@@ -113,8 +113,7 @@ def start_gateway(
         redis_url: the private Redis server's URL.
         upstream_url: base URL of the upstream.
         name: name of the log file in the run's log directory.
-        interpreter: command that runs ``-m gatekeeper``, such as a profiler's; default
-            this Python.
+        extra_env: more environment variables for the gateway and its workers.
         timeout_s: how long to wait for the ``gatekeeper_started`` line.
 
     Raises:
@@ -127,9 +126,9 @@ def start_gateway(
         "GK_BENCH_JWT_SECRET": JWT_SECRET,
         "GK_BENCH_ADMIN_TOKEN": ADMIN_TOKEN,
         "GATEKEEPER_LOG_FORMAT": "json",
+        **(extra_env or {}),
     }
-    command = [*(interpreter or (sys.executable,)), "-m", "gatekeeper", "serve",
-               "--config", str(config_path)]
+    command = [sys.executable, "-m", "gatekeeper", "serve", "--config", str(config_path)]
     if has_workers_flag():
         command += ["--workers", "1"]
     process = processes.start(name, command, cpu=SUT_CPU, env=env)

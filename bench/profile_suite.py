@@ -23,6 +23,7 @@ When py-spy fails (no ptrace permission, for instance), a second gateway runs un
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -219,18 +220,48 @@ def profile_proxies(
             "proxies": proxies}
 
 
+# A sitecustomize module that profiles each process of the gateway, supervisor and workers
+# alike, and writes one text report per process when it exits. ``python -m pyinstrument``
+# would profile only the supervisor, because workers are new interpreters.
+PYINSTRUMENT_HOOK = """\
+import atexit
+import os
+
+from pyinstrument import Profiler
+
+_profiler = Profiler(async_mode="disabled")
+_profiler.start()
+
+
+def _write_report():
+    _profiler.stop()
+    path = os.path.join(os.environ["GK_BENCH_PYINSTRUMENT_DIR"], f"pyinstrument-{os.getpid()}.txt")
+    with open(path, "w", encoding="utf-8") as report:
+        report.write(_profiler.output_text(unicode=True))
+
+
+atexit.register(_write_report)
+"""
+
+
 def _pyinstrument(processes: Processes, work_dir: Path, results_dir: Path, connections: int,
                   duration_s: float, restart: tuple[str, str]) -> dict[str, object]:
-    report = results_dir / "gatekeeper-pyinstrument.txt"
-    interpreter = (sys.executable, "-m", "pyinstrument", "-r", "text", "-o", str(report))
+    hook_dir = work_dir / "pyinstrument-hook"
+    hook_dir.mkdir(exist_ok=True)
+    (hook_dir / "sitecustomize.py").write_text(PYINSTRUMENT_HOOK, encoding="utf-8")
+    python_path = os.pathsep.join(filter(None, [str(hook_dir), os.environ.get("PYTHONPATH")]))
     redis_url, upstream_url = restart
-    gateway = gatekeeper_proc.start_gateway(processes, work_dir, redis_url, upstream_url,
-                                            name="gatekeeper-pyinstrument",
-                                            interpreter=interpreter)
+    gateway = gatekeeper_proc.start_gateway(
+        processes, work_dir, redis_url, upstream_url, name="gatekeeper-pyinstrument",
+        extra_env={"PYTHONPATH": python_path, "GK_BENCH_PYINSTRUMENT_DIR": str(results_dir)},
+    )
     gateway.grant(10**9)
     headers = {"Authorization": f"Bearer {gatekeeper_proc.bearer_token()}"}
     run_load(gateway.proxy_url + "/", connections=connections, duration_s=duration_s,
              warmup_s=0, headers=headers)
-    # pyinstrument writes its report when the gateway exits after SIGTERM.
+    # Each process writes its report when it exits after SIGTERM.
     processes.stop(gateway.process)
+    report = results_dir / f"pyinstrument-{gateway.pid}.txt"
+    if not report.exists():
+        raise RuntimeError(f"pyinstrument wrote no report for the gateway process {gateway.pid}")
     return {"file": str(report), "report_head": report.read_text().splitlines()[:60]}
