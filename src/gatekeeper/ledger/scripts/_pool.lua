@@ -221,3 +221,25 @@ local function load_named(pools, name)
   if p ~= nil then pools[name] = p end
   return p
 end
+
+-- Load the pool a charge record names, and its parent, with their expired grants removed.
+-- KEYS from index 4 hold three keys per name in ``names``; ``charge`` is the record's
+-- HMGET of pool (1) and parent (8). Returns pools, pool, parent, or nil and an error reply
+-- when the record and the named pools disagree.
+local function load_charged(charge, names, usage, now)
+  if charge[1] ~= names[1] then
+    return nil, redis.error_reply('charge record names pool ' .. charge[1] .. ', not ' .. names[1])
+  end
+  local pools = open_pools(4, names)
+  local pool = load_named(pools, names[1])
+  if pool == nil then
+    return nil, redis.error_reply('pool ' .. names[1] .. ' of the charge no longer exists')
+  end
+  expire_grants(pool, now, usage)
+  local parent = nil
+  if charge[8] ~= '' then
+    parent = load_named(pools, charge[8])
+    if parent ~= nil then expire_grants(parent, now, usage) end
+  end
+  return pools, pool, parent
+end

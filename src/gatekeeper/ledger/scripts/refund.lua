@@ -30,23 +30,10 @@ end
 if #names == 0 then
   return { 'pool', charge[1] }
 end
-if charge[1] ~= names[1] then
-  return redis.error_reply('charge record names pool ' .. charge[1] .. ', not ' .. names[1])
-end
-
 local usage = usage_open(KEYS[2], KEYS[3])
-local pools = open_pools(4, names)
 local now = now_ms()
-local pool = load_named(pools, names[1])
-if pool == nil then
-  return redis.error_reply('pool ' .. names[1] .. ' of the charge no longer exists')
-end
-expire_grants(pool, now, usage)
-local parent = nil
-if charge[8] ~= '' then
-  parent = load_named(pools, charge[8])
-  if parent ~= nil then expire_grants(parent, now, usage) end
-end
+local pools, pool, parent = load_charged(charge, names, usage, now)
+if pools == nil then return pool end
 
 for _, debit in ipairs(decode_debits(charge[6])) do
   restore(pools, debit, now, usage, 'refund')

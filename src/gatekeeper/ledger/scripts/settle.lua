@@ -21,23 +21,10 @@ local charge = redis.call('HMGET', record, 'pool', 'allowed', 'cost', 'route', '
 if not charge[1] or charge[2] ~= '1' or charge[9] == '1' then
   return {}
 end
-if charge[1] ~= names[1] then
-  return redis.error_reply('charge record names pool ' .. charge[1] .. ', not ' .. names[1])
-end
-
 local usage = usage_open(KEYS[2], KEYS[3])
-local pools = open_pools(4, names)
 local now = now_ms()
-local pool = load_named(pools, names[1])
-if pool == nil then
-  return redis.error_reply('pool ' .. names[1] .. ' of the charge no longer exists')
-end
-expire_grants(pool, now, usage)
-local parent = nil
-if charge[8] ~= '' then
-  parent = load_named(pools, charge[8])
-  if parent ~= nil then expire_grants(parent, now, usage) end
-end
+local pools, pool, parent = load_charged(charge, names, usage, now)
+if pools == nil then return pool end
 
 local cost = tonumber(charge[3])
 local borrowed = tonumber(charge[7])
