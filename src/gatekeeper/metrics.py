@@ -32,7 +32,6 @@ from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
-from redis import exceptions
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Seconds between two folds of the buffered request-path metrics.
@@ -70,7 +69,7 @@ LEDGER_SECONDS = Histogram("gatekeeper_ledger_duration_seconds",
 REPLAY_SECONDS = LEDGER_SECONDS.labels("replay")
 REDIS_ERRORS = Counter("gatekeeper_redis_errors",
                        "Failed Redis calls of the proxy path and the journal replay, by kind "
-                       "(timeout, connection, response, deadline).", ["kind"])
+                       "(timeout, connection, busy, response, script, deadline).", ["kind"])
 LEDGER_UP = Gauge("gatekeeper_ledger_up",
                   "1 while the process reaches Redis, 0 while it meters through the journal.",
                   multiprocess_mode="livemin")
@@ -93,7 +92,8 @@ JOURNAL_REPLAYED = Counter("gatekeeper_journal_replayed_entries",
                            "Journal entries replayed into Redis, by operation and result.",
                            ["operation", "result"])
 DEFERRED_UNPAID = Counter("gatekeeper_deferred_unpaid_tickets",
-                          "Deferred tickets that the pool could not pay when replayed.")
+                          "Deferred tickets dropped at replay because none of the "
+                          "charge's candidate pools existed.")
 
 TENANT_REQUESTS = Counter("gatekeeper_tenant_requests",
                           "Proxy responses by tenant, route and status class.",
@@ -261,25 +261,6 @@ def for_tenant(tenant: str, route: str | None) -> TenantMetrics:
     if found is None:
         found = _tenants[key] = TenantMetrics(*key)
     return found
-
-
-def redis_error_kind(error: BaseException) -> str:
-    """Name the kind of a failed Redis call from the client error behind it.
-
-    Args:
-        error: the ``LedgerUnavailable`` (its ``__cause__`` is read) or the client error.
-
-    Returns:
-        ``timeout``, ``connection``, ``response`` or ``other``.
-    """
-    cause = error.__cause__ or error
-    if isinstance(cause, exceptions.TimeoutError | asyncio.TimeoutError):
-        return "timeout"
-    if isinstance(cause, exceptions.ConnectionError | OSError):
-        return "connection"
-    if isinstance(cause, exceptions.ResponseError):
-        return "response"
-    return "other"
 
 
 def multiprocess_dir() -> str | None:

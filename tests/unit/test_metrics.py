@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import pytest
 from prometheus_client import REGISTRY
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gatekeeper import metrics
-from gatekeeper.errors import LedgerUnavailable
 
 
 def sample(name: str, **labels: str) -> float:
@@ -49,24 +45,6 @@ def test_tenant_response_counted() -> None:
     after = sample("gatekeeper_tenant_requests_total", tenant="acme", route="unit-c",
                    status_class="2xx")
     assert after - before == 1
-
-
-def wrapped(cause: BaseException) -> LedgerUnavailable:
-    error = LedgerUnavailable("failed")
-    error.__cause__ = cause
-    return error
-
-
-@pytest.mark.parametrize(("cause", "kind"), [
-    (RedisTimeoutError("slow"), "timeout"),
-    (TimeoutError(), "timeout"),
-    (RedisConnectionError("refused"), "connection"),
-    (ConnectionRefusedError(), "connection"),
-    (ResponseError("ERR"), "response"),
-    (ValueError("odd"), "other"),
-])
-def test_redis_error_kind(cause: BaseException, kind: str) -> None:
-    assert metrics.redis_error_kind(wrapped(cause)) == kind
 
 
 def test_render_text_format() -> None:
