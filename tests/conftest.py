@@ -6,9 +6,10 @@ machine may already run on the default port; a missing binary fails the tests, n
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import redis
 
@@ -55,3 +56,10 @@ def private_redis(tmp_path: Path) -> Iterator[Callable[..., EmbeddedRedis]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client session for the test, closed afterwards."""
+    async with aiohttp.ClientSession() as client:
+        yield client

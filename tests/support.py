@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gatekeeper.app import build_admin_app, build_proxy_app
@@ -444,3 +445,18 @@ class TcpProxy:
 
         self._loop.call_soon_threadsafe(close)
         self._thread.join(timeout=10)
+
+
+@asynccontextmanager
+async def upstream_server(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """Serve every method and path with ``handler`` on 127.0.0.1 and yield the base URL."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()

@@ -12,9 +12,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
-from tests.support import ADMIN_HEADERS, GatewayProcess, bearer, config_text
+from tests.support import ADMIN_HEADERS, GatewayProcess, bearer, config_text, upstream_server
 
 pytestmark = pytest.mark.slow
 
@@ -27,12 +26,8 @@ async def counting_upstream() -> AsyncIterator[tuple[list[str], str]]:
         hits.append(request.path)
         return web.Response(text="ok")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield hits, str(server.make_url("")).rstrip("/")
-    await server.close()
+    async with upstream_server(handle) as url:
+        yield hits, url
 
 
 @pytest.fixture
@@ -127,12 +122,8 @@ async def pool_recording_upstream() -> AsyncIterator[tuple[Counter[str], str]]:
         charged[request.headers["Gatekeeper-Pool"]] += 1
         return web.Response(text="ok")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield charged, str(server.make_url("")).rstrip("/")
-    await server.close()
+    async with upstream_server(handle) as url:
+        yield charged, url
 
 
 async def admin_post(session: aiohttp.ClientSession, gateway: GatewayProcess, path: str,

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gatekeeper.embedded import free_port
-from tests.support import ADMIN_HEADERS, bearer, config_text, running_gateway
+from tests.support import ADMIN_HEADERS, bearer, config_text, running_gateway, upstream_server
 
 ROUTES = """
 - name: echo
@@ -62,18 +62,8 @@ class Upstream:
 @pytest.fixture
 async def upstream() -> AsyncIterator[tuple[Upstream, str]]:
     recorder = Upstream()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", recorder.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield recorder, str(server.make_url("")).rstrip("/")
-    await server.close()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
+    async with upstream_server(recorder.handle) as url:
+        yield recorder, url
 
 
 async def test_charge_until_402(redis_url: str, upstream: tuple[Upstream, str],

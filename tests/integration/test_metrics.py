@@ -9,7 +9,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from gatekeeper import metrics
 from tests.support import (
@@ -21,6 +20,7 @@ from tests.support import (
     metric,
     read_metrics,
     start_gateway,
+    upstream_server,
 )
 
 ROUTES = """
@@ -42,18 +42,8 @@ async def upstream_url() -> AsyncIterator[str]:
             return web.json_response({"error": "down"}, status=502)
         return web.json_response({"ok": True})
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", echo)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield str(server.make_url("")).rstrip("/")
-    await server.close()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
+    async with upstream_server(echo) as url:
+        yield url
 
 
 def text_for(tmp_path: Path, redis_url: str, upstream_url: str, extra: str = "") -> str:

@@ -18,7 +18,6 @@ import aiohttp
 import pytest
 import redis
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
 
 from gatekeeper.embedded import EmbeddedRedis
@@ -36,6 +35,7 @@ from tests.support import (
     read_metrics,
     running_gateway,
     start_gateway,
+    upstream_server,
     wait_until_async,
 )
 
@@ -67,18 +67,8 @@ async def upstream_url() -> AsyncIterator[str]:
     async def echo(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", echo)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield str(server.make_url("")).rstrip("/")
-    await server.close()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
+    async with upstream_server(echo) as url:
+        yield url
 
 
 @pytest.fixture

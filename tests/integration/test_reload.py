@@ -15,7 +15,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from tests.support import (
     ADMIN_HEADERS,
@@ -28,6 +27,7 @@ from tests.support import (
     metric,
     read_metrics,
     start_gateway,
+    upstream_server,
     wait_until,
     worker_pids,
     write_config,
@@ -49,18 +49,8 @@ async def upstream_url() -> AsyncIterator[str]:
         await asyncio.sleep(0.02)
         return web.json_response({"ok": True})
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", echo)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield str(server.make_url("")).rstrip("/")
-    await server.close()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
+    async with upstream_server(echo) as url:
+        yield url
 
 
 def text_for(redis_url: str, upstream_url: str, cost: int, tmp_path: Path) -> str:

@@ -11,7 +11,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from tests.support import (
     GatewayProcess,
@@ -21,6 +20,7 @@ from tests.support import (
     config_text,
     grant,
     start_gateway,
+    upstream_server,
     wait_until,
     worker_pids,
 )
@@ -38,18 +38,8 @@ async def upstream_url() -> AsyncIterator[str]:
     async def echo(request: web.Request) -> web.Response:
         return web.json_response({"pid": os.getpid()})
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", echo)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield str(server.make_url("")).rstrip("/")
-    await server.close()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
+    async with upstream_server(echo) as url:
+        yield url
 
 
 def text_for(tmp_path: Path, redis_url: str, upstream_url: str) -> str:
