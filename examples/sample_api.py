@@ -1,6 +1,6 @@
 """A small upstream API for the demo and for trying gatekeeper by hand.
 
-Run: python examples/sample_api.py --port 8081. It answers JSON that shows which
+Run: python examples/sample_api.py --port 8081. It returns JSON that shows which
 identity headers the gateway forwarded, so you can see the tenant and pool it charged.
 """
 

@@ -1,6 +1,6 @@
 """Helpers shared by integration tests: config text, an in-process gateway, a gateway process.
 
-Both kinds of gateway run the real code against the test session's Redis; the process kind
+Both kinds of gateway run the real code against the test session's Redis. The process kind
 runs ``python -m gatekeeper serve`` and reads the listen addresses from its start log line.
 """
 

@@ -131,9 +131,8 @@ def _worker_count(text: str) -> int:
 
 
 def _serve(config_path: str, workers: int | None, worker: bool) -> int:
-    # The supervisor and its workers share stderr. Python writes a printed line and its
-    # newline separately to an unbuffered stderr, so lines of two processes could mix;
-    # line buffering makes each log line one write.
+    # The supervisor and its workers share stderr. print() writes a line and its newline
+    # separately to an unbuffered stream, so line buffering keeps each printed line whole.
     if isinstance(sys.stderr, io.TextIOWrapper):
         sys.stderr.reconfigure(line_buffering=True, write_through=False)
     if worker:

@@ -61,7 +61,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def ping(host: str, port: int, timeout: float = 0.5) -> bool:
-    """Send a raw RESP PING; True when the server answers PONG."""
+    """Send a raw RESP PING and return True when the server replies PONG."""
     try:
         with socket.create_connection((host, port), timeout=timeout) as conn:
             conn.sendall(b"*1\r\n$4\r\nPING\r\n")
@@ -121,7 +121,7 @@ class EmbeddedRedis:
         ]
 
     def start(self, timeout_s: float = 15.0) -> None:
-        """Start the server and wait until it answers PING.
+        """Start the server and wait until it replies to PING.
 
         Raises:
             EmbeddedServerError: when it exits or stays silent for ``timeout_s``.
@@ -204,7 +204,7 @@ class EmbeddedRedis:
 
 
 def running_url(data_dir: str | Path) -> str | None:
-    """Return the URL of an embedded server already running on ``data_dir``, if it answers."""
+    """Return the URL of the embedded server running on ``data_dir``, if it replies to PING."""
     address_file = Path(data_dir).resolve() / "server.addr"
     try:
         host, _, port = address_file.read_text(encoding="utf-8").strip().rpartition(":")

@@ -1,7 +1,8 @@
 """Errors that end a request, each mapped to one HTTP status and problem+json type.
 
-Handlers raise these; one middleware turns them into RFC 9457 responses, so no handler
-builds an error body by hand and no stack trace ever reaches a client.
+Handlers raise these, and the problem middleware of the proxy and admin apps turns them
+into RFC 9457 responses. So no handler builds an error body by hand, and no stack trace
+reaches a client.
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 class ClientErrorFilter(logging.Filter):
     """Drop aiohttp's tracebacks for requests its parser rejected with a 4xx.
 
-    A malformed request is the client's error, already answered with 400; logging it at
-    error level with a traceback would let any client flood the log.
+    A malformed request is the client's error and already got a 400. Logging it at error
+    level with a traceback would let any client flood the log.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:

@@ -71,18 +71,18 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as exc:
         response = _from_http_exception(exc)
     except asyncio.CancelledError:
-        # The client went away; nobody reads a response, but the line is still logged.
+        # The client went away, so no response can be sent, but the line is still logged.
         record.status = 499
         record.error = "client_disconnected"
         _count(record)
         logs.request_log.info("request", **record.fields())
         raise
     except ConnectionResetError:
-        # The client closed its connection while its body was still being streamed; the
-        # upstream call was aborted and there is nobody to answer.
+        # The client closed its connection while its body was still being streamed. The
+        # upstream call was aborted, and the 499 only labels the log line and metrics.
         record.error = "client_disconnected"
         response = web.Response(status=499, reason="Client Closed Request")
-    except Exception:  # last resort: log with the id, answer 500 without a trace
+    except Exception:  # last resort: log with the id, respond 500 without a traceback
         log.exception("request_failed", **record.fields())
         record.error = "internal"
         response = _internal_error(record)

@@ -301,6 +301,7 @@ class Forwarder:
         """Stream the upstream response to the client, flushing each chunk as it arrives."""
         _stop_read_timeout(upstream_response)
         extra = await on_headers(upstream_response.status, upstream_response.headers)
+
         content = upstream_response.content
         # A body that arrived with the headers goes out in the same write as the client's
         # headers. Any other response sends its headers at once, before waiting for the body.
@@ -315,6 +316,7 @@ class Forwarder:
             ),
         )
         await response.prepare(request)
+
         context = {"route": route.name, "upstream": route.upstream, "target": target}
         while True:
             try:
@@ -333,6 +335,7 @@ class Forwarder:
             except ConnectionResetError:
                 log.info("client_disconnected", **context)
                 return response
+
         await response.write_eof()
         return response
 

@@ -1,8 +1,8 @@
 """The canonical log line: one record per request, filled in as the request moves along.
 
 The middleware that creates the record logs it once when the response is done, with every
-decision field (route, tenant, pool, cost, balance, status, upstream time), so an operator
-can answer "why was this request charged or refused" from one line.
+decision field (route, tenant, pool, cost, charged, balance, status, upstream time), so one line
+tells an operator why a request was charged or rejected.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ fails in a way the route's ``refund_on`` lists, applies the actual cost that a
 ``cost_header`` reports, and builds the ``Ticket-*`` response headers. When Redis does not
 reply in time, or the charge itself was deferred, the refund or settlement goes to the
 journal and is replayed later (see ``gatekeeper.metering``). So a Redis fault never turns
-into a 500 and never loses a refund.
+into a 500, and its refund waits in the journal. Only a failed journal write (a full or
+broken disk) loses it, and that failure is logged as ``journal_write_failed``.
 """
 
 from __future__ import annotations

@@ -113,7 +113,7 @@ async def test_cost_three_pool_ten(
 
 @pytest.fixture
 async def pool_recording_upstream() -> AsyncIterator[tuple[Counter[str], str]]:
-    """Upstream that counts answered requests by the pool the gateway charged."""
+    """Upstream that counts successful requests by the pool the gateway charged."""
     charged: Counter[str] = Counter()
 
     async def handle(request: web.Request) -> web.Response:
